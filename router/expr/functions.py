@@ -1,0 +1,486 @@
+"""The named, tested value transforms shared by mappings (JMESPath) and templates (Jinja).
+
+Keeping normalizers, hashers, time and money helpers here — not inside YAML strings —
+is what keeps mapping tables and destination templates short and reviewable. Every
+function is null-safe (None in, None out) because source payloads are sparse.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import unicodedata
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import phonenumbers
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NON_DIGIT = re.compile(r"\D+")
+
+
+def is_sha256(value: Any) -> bool:
+    """True for values that already are SHA-256 hex digests (never hash them twice)."""
+    return isinstance(value, str) and bool(_HEX64.match(value.strip().lower()))
+
+
+def sha256(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = str(value)
+    if is_sha256(text):
+        return text.strip().lower()
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def md5(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return hashlib.md5(str(value).encode("utf-8")).hexdigest()
+
+
+def sha1(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return hashlib.sha1(str(value).encode("utf-8")).hexdigest()
+
+
+# --- text -------------------------------------------------------------------------
+
+def lower(value: Any) -> str | None:
+    return None if value is None else str(value).lower()
+
+
+def upper(value: Any) -> str | None:
+    return None if value is None else str(value).upper()
+
+
+def trim(value: Any) -> str | None:
+    return None if value is None else str(value).strip()
+
+
+def to_str(value: Any) -> str | None:
+    """Text form of ids: 1001 -> "1001", 12.0 -> "12", None -> None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# --- numbers and money -------------------------------------------------------------
+
+def to_number(value: Any) -> int | float | None:
+    """Numbers from numbers or money strings ("1,299.50", " 12 "); None if not numeric."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    text = str(value).strip().replace(",", "")
+    if not text:
+        return None
+    try:
+        dec = Decimal(text)
+    except InvalidOperation:
+        return None
+    if not dec.is_finite():
+        return None
+    return int(dec) if dec == dec.to_integral_value() and "." not in text else float(dec)
+
+
+def to_int(value: Any) -> int | None:
+    num = to_number(value)
+    return None if num is None else int(num)
+
+
+def multiply(a: Any, b: Any) -> int | float | None:
+    """Product of two numbers (price x quantity); None when either is missing."""
+    x, y = to_number(a), to_number(b)
+    return None if x is None or y is None else x * y
+
+
+def money(value: Any, places: int = 2) -> float | None:
+    """Round a monetary amount half-up to `places` decimals (float for JSON)."""
+    num = to_number(value)
+    if num is None:
+        return None
+    quant = Decimal(1).scaleb(-places)
+    return float(Decimal(str(num)).quantize(quant, rounding="ROUND_HALF_UP"))
+
+
+def money_string(value: Any, places: int = 2) -> str | None:
+    """Amount as a fixed-point string, for APIs that take money as text."""
+    num = to_number(value)
+    if num is None:
+        return None
+    quant = Decimal(1).scaleb(-places)
+    return str(Decimal(str(num)).quantize(quant, rounding="ROUND_HALF_UP"))
+
+
+def to_micros(value: Any) -> int | None:
+    num = to_number(value)
+    return None if num is None else int((Decimal(str(num)) * 1_000_000).to_integral_value())
+
+
+# --- time --------------------------------------------------------------------------
+
+def parse_time(value: Any) -> datetime | None:
+    """ISO 8601 text (with Z or offset) or a unix timestamp in s / ms / µs -> aware UTC."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float) or (isinstance(value, str) and _is_numeric(value)):
+        num = float(value)
+        if num > 1e14:
+            num /= 1_000_000
+        elif num > 1e11:
+            num /= 1000
+        return datetime.fromtimestamp(num, tz=UTC)
+    text = str(value).strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _is_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def iso_time(value: Any) -> str | None:
+    """Canonical event time: UTC, ISO 8601 with milliseconds and a Z."""
+    dt = parse_time(value)
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def unix_seconds(value: Any) -> int | None:
+    dt = parse_time(value)
+    return None if dt is None else int(dt.timestamp())
+
+
+def unix_millis(value: Any) -> int | None:
+    dt = parse_time(value)
+    return None if dt is None else int(dt.timestamp() * 1000)
+
+
+def unix_micros(value: Any) -> int | None:
+    dt = parse_time(value)
+    return None if dt is None else int(dt.timestamp() * 1_000_000)
+
+
+def strftime(value: Any, fmt: str) -> str | None:
+    dt = parse_time(value)
+    return None if dt is None else dt.strftime(fmt)
+
+
+# --- URLs and attribute lists ------------------------------------------------------
+
+@functools.lru_cache(maxsize=4096)
+def _query(url: str) -> dict[str, list[str]]:
+    query = urlsplit(url).query if ("?" in url or "://" in url) else url.lstrip("?")
+    return parse_qs(query, keep_blank_values=False)
+
+
+def query_param(url: Any, name: str) -> str | None:
+    """A query parameter from a URL, a path with a query, or a bare query string."""
+    if not url or not isinstance(url, str):
+        return None
+    values = _query(url).get(name)  # one page URL is read for ~10 click ids: parse once
+    return values[0] if values else None
+
+
+def split_tail(value: Any, sep: str, count: int) -> str | None:
+    """The last `count` parts of a separated value ("GA1.1.123.456", ".", 2 -> "123.456")."""
+    if not value or not isinstance(value, str):
+        return None
+    parts = value.split(sep)
+    n = int(count)
+    return sep.join(parts[-n:]) if len(parts) >= n else None
+
+
+def attr(pairs: Any, name: str) -> Any:
+    """Value of the first `{name, value}` (or `{key, value}`) element whose name matches."""
+    if not isinstance(pairs, list):
+        return None
+    for pair in pairs:
+        if isinstance(pair, dict) and (pair.get("name") == name or pair.get("key") == name):
+            return pair.get("value")
+    return None
+
+
+# --- identity normalizers ----------------------------------------------------------
+# Rules follow the platforms' published normalization (see shared/reference): trim and
+# lower-case; names without punctuation; phones in E.164; dates as YYYYMMDD.
+
+def norm_email(value: Any) -> str | None:
+    if not value or not isinstance(value, str):
+        return None
+    email = value.strip().lower()
+    return email if "@" in email and not is_sha256(email) else (email or None)
+
+
+def norm_email_gmail(value: Any) -> str | None:
+    """Email canonicalized the way Google matches: dots removed from gmail local parts."""
+    email = norm_email(value)
+    if not email or "@" not in email:
+        return email
+    local, _, domain = email.partition("@")
+    if domain in ("gmail.com", "googlemail.com"):
+        local = local.replace(".", "")
+    return f"{local}@{domain}"
+
+
+def norm_email_alnum(value: Any) -> str | None:
+    """Email with the local part cut at "+" and stripped to [a-z0-9] (any domain): the
+    canonical form some platforms match on (Reddit documents this normalization)."""
+    email = norm_email(value)
+    if not email or "@" not in email or is_sha256(email):
+        return email
+    local, _, domain = email.rpartition("@")
+    local = re.sub(r"[^a-z0-9]", "", local.split("+", 1)[0])
+    return f"{local}@{domain}" if local else None
+
+
+def norm_phone(value: Any, country: str | None = None) -> str | None:
+    """E.164 ("+14155550123"); numbers without a country code use the account's country."""
+    if value is None or value == "":
+        return None
+    return _norm_phone(str(value).strip(), country)
+
+
+@functools.lru_cache(maxsize=65536)
+def _norm_phone(text: str, country: str | None) -> str | None:
+    """Cached: libphonenumber parsing costs ~50 us and customers repeat."""
+    if is_sha256(text):
+        return text.lower()
+    region = (country or "US").upper()
+    candidate = text
+    if text.startswith("00"):
+        candidate = "+" + text[2:]
+    try:
+        parsed = phonenumbers.parse(candidate, None if candidate.startswith("+") else region)
+    except phonenumbers.NumberParseException:
+        digits = _NON_DIGIT.sub("", text)
+        return f"+{digits}" if len(digits) >= 7 else None
+    if not phonenumbers.is_possible_number(parsed):
+        digits = _NON_DIGIT.sub("", text)
+        return f"+{digits}" if len(digits) >= 7 else None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def phone_digits(value: Any) -> str | None:
+    """E.164 without the plus sign, the form most ad platforms hash."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if is_sha256(text) else text.lstrip("+")
+
+
+def _keep(text: str, spaces: bool) -> str:
+    """Letters, marks and digits (Unicode L/M/N); combining vowel signs of Indic and Thai
+    scripts are marks, and dropping them would change the name ("प्रिया" -> "परय")."""
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] in "LMN"
+                   or (spaces and ch.isspace()))
+
+
+def norm_name(value: Any) -> str | None:
+    """Lower-case, trimmed, punctuation removed (letters with accents are kept)."""
+    if value is None or value == "":
+        return None
+    text = unicodedata.normalize("NFC", str(value)).strip().lower()
+    if is_sha256(text):
+        return text
+    text = " ".join(_keep(text, spaces=True).split())
+    return text or None
+
+
+def norm_city(value: Any) -> str | None:
+    """Lower-case with spaces and punctuation removed ("New York" -> "newyork")."""
+    if value is None or value == "":
+        return None
+    text = unicodedata.normalize("NFC", str(value)).strip().lower()
+    if is_sha256(text):
+        return text
+    return _keep(text, spaces=False) or None
+
+
+def norm_state(value: Any) -> str | None:
+    """Lower-case state/province code with punctuation and spaces removed."""
+    return norm_city(value)
+
+
+def norm_zip(value: Any, country: str | None = None) -> str | None:
+    """Lower-case, no spaces or dashes; US codes cut to their first five digits."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    if is_sha256(text):
+        return text
+    text = re.sub(r"[\s\-]+", "", text)
+    if (country or "").upper() == "US" and len(text) > 5 and text[:5].isdigit():
+        text = text[:5]
+    return text or None
+
+
+_COUNTRY_ALIASES = {"uk": "gb", "usa": "us", "u.s.a.": "us", "u.s.": "us", "england": "gb",
+                    "scotland": "gb", "wales": "gb", "great britain": "gb"}
+
+
+@functools.lru_cache(maxsize=2048)
+def _country_code(text: str) -> str | None:
+    import pycountry
+
+    if text in _COUNTRY_ALIASES:
+        return _COUNTRY_ALIASES[text]
+    letters = re.sub(r"[^a-z]", "", text)
+    if len(letters) == 2 and pycountry.countries.get(alpha_2=letters.upper()):
+        return letters
+    if len(letters) < 2:
+        return None
+    try:  # exact codes and names only: fuzzy matching turned "n/a" into Namibia
+        return str(pycountry.countries.lookup(text).alpha_2).lower()
+    except LookupError:
+        return None
+
+
+def norm_country(value: Any) -> str | None:
+    """ISO 3166-1 alpha-2, lower-case, from a code, an alpha-3 code or an English name."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    if is_sha256(text):
+        return text
+    return _country_code(text)
+
+
+def norm_gender(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    if is_sha256(text):
+        return text
+    if text in ("f", "female", "woman", "w"):
+        return "f"
+    if text in ("m", "male", "man"):
+        return "m"
+    return None
+
+
+def norm_date_of_birth(value: Any) -> str | None:
+    """YYYYMMDD from ISO dates, datetimes or already-compact strings."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    if is_sha256(text):
+        return text.lower()
+    digits = _NON_DIGIT.sub("", text)
+    if len(digits) == 8 and re.match(r"^\d{4}-?\d{2}-?\d{2}", text):
+        return digits
+    slashed = re.fullmatch(r"(\d{1,2})[/.](\d{1,2})[/.](\d{4})", text)
+    if slashed:  # month first (US) unless the first number cannot be a month
+        a, b, year = (int(g) for g in slashed.groups())
+        month, day = (b, a) if a > 12 else (a, b)
+        if 1 <= month <= 12 and 1 <= day <= 31:
+            return f"{year:04d}{month:02d}{day:02d}"
+        return None
+    dt = parse_time(text) if not text.isdigit() else None
+    return dt.strftime("%Y%m%d") if dt else (digits if len(digits) == 8 else None)
+
+
+def norm_external_id(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value).strip() or None
+
+
+# --- collections -------------------------------------------------------------------
+
+def compact(value: Any) -> Any:
+    """Drop None, empty strings, empty lists and empty dicts, recursively.
+
+    Templates and mappings declare every field a platform could take; this is what
+    makes "empty values are omitted" true without a condition around each field.
+    """
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            item = compact(item)
+            if item is not None and item != "" and item != [] and item != {}:
+                out[key] = item
+        return out
+    if isinstance(value, list):
+        items = [compact(v) for v in value]
+        return [v for v in items if v is not None and v != "" and v != [] and v != {}]
+    return value
+
+
+def project(items: Any, fields: Mapping[str, Any],
+            defaults: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rename, select and convert the fields of each item.
+
+        items | project({'id': 'id', 'item_price': 'price|money_string', 'kind': '=sku'},
+                        {'quantity': 1})
+
+    A source is an item key, optionally followed by "|filter" (any named filter); "=text"
+    or a non-string value is a constant; `defaults` fill keys an item lacks."""
+    from router.expr.jinja import FILTERS
+
+    out = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        row: dict[str, Any] = {}
+        for target, source in fields.items():
+            if not isinstance(source, str):
+                row[target] = source
+            elif source.startswith("="):
+                row[target] = source[1:]
+            else:
+                key, _, filter_name = source.partition("|")
+                value = item.get(key.strip())
+                if value is not None and filter_name:
+                    value = FILTERS[filter_name.strip()](value)
+                row[target] = value
+        for target, value in (defaults or {}).items():
+            if row.get(target) in (None, ""):
+                row[target] = value
+        out.append(compact(row))
+    return out
+
+
+def with_index(items: Any) -> list[dict[str, Any]] | None:
+    """[{index, value}] for each element, so per-element statuses can name their event."""
+    if not isinstance(items, list):
+        return None
+    return [{"index": i, "value": v} for i, v in enumerate(items)]
+
+
+def first(value: Any) -> Any:
+    if isinstance(value, list):
+        for item in value:
+            if item is not None and item != "":
+                return item
+        return None
+    return value
+
+
+def as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]

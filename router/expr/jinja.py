@@ -1,0 +1,187 @@
+"""The sandboxed, native-typed Jinja environment that builds destination payloads.
+
+Native types matter: `{{ event.custom_data.value }}` must stay a number, not become
+"12.5". The sandbox matters because templates are configuration written by many
+people and reviewed in pull requests, not trusted code. Templates are compiled at
+config load, so unknown filters and syntax errors fail `router validate`.
+"""
+
+from __future__ import annotations
+
+from ast import literal_eval, parse
+from collections.abc import Callable, Mapping
+from itertools import chain, islice
+from typing import Any
+
+from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, Undefined
+from jinja2.nativetypes import NativeEnvironment, NativeTemplate
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from router.expr import functions as fx
+
+FILTERS: dict[str, Callable[..., Any]] = {
+    "sha256": fx.sha256,
+    "md5": fx.md5,
+    "sha1": fx.sha1,
+    "norm_email": fx.norm_email,
+    "norm_email_gmail": fx.norm_email_gmail,
+    "norm_email_alnum": fx.norm_email_alnum,
+    "norm_phone": fx.norm_phone,
+    "phone_digits": fx.phone_digits,
+    "norm_name": fx.norm_name,
+    "norm_city": fx.norm_city,
+    "norm_state": fx.norm_state,
+    "norm_zip": fx.norm_zip,
+    "norm_country": fx.norm_country,
+    "norm_gender": fx.norm_gender,
+    "norm_date_of_birth": fx.norm_date_of_birth,
+    "norm_external_id": fx.norm_external_id,
+    "to_str": fx.to_str,
+    "to_number": fx.to_number,
+    "to_int": fx.to_int,
+    "money": fx.money,
+    "money_string": fx.money_string,
+    "micros": fx.to_micros,
+    "iso_time": fx.iso_time,
+    "unix_seconds": fx.unix_seconds,
+    "unix_millis": fx.unix_millis,
+    "unix_micros": fx.unix_micros,
+    "strftime": fx.strftime,
+    "query_param": fx.query_param,
+    "compact": fx.compact,
+    "first_of": fx.first,
+    "as_list": fx.as_list,
+    "project": fx.project,
+    "is_sha256": fx.is_sha256,
+}
+
+
+class _Text(str):
+    """A string an expression computed (marked by `finalize`), as opposed to constant
+    template text that Jinja's native code generator folded into a string."""
+
+
+def _mark_text(value: Any) -> Any:
+    return _Text(value) if type(value) is str else value
+
+
+def _native_concat(values: Any) -> Any:
+    """Native types without guessing: an expression's value keeps its type.
+
+    Jinja's own native mode runs `ast.literal_eval` on every string result, so an order
+    id "548291" would leave as the integer 548291, "2024_0001" as 20240001 and a text
+    "1-2" as -1. Here computed strings stay text, text built from several parts stays
+    text, and only a constant Jinja folded to a string (`{{ [1, 2] }}`) is evaluated."""
+    head = list(islice(values, 2))
+    if not head:
+        return None
+    if len(head) > 1:
+        return "".join(str(v) for v in chain(head, values))
+    value = head[0]
+    if isinstance(value, _Text):
+        return str(value)
+    if not isinstance(value, str):
+        return value
+    try:
+        return literal_eval(parse(value, mode="eval"))
+    except (ValueError, SyntaxError, MemoryError):
+        return value
+
+
+class SandboxedNativeEnvironment(ImmutableSandboxedEnvironment, NativeEnvironment):
+    """Sandbox rules from ImmutableSandboxedEnvironment, native rendering from Native."""
+
+    concat = staticmethod(_native_concat)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # `event.custom_data.items` means the "items" key, never dict.items: payload
+        # fields named like dict methods must not turn into bound methods
+        if isinstance(obj, Mapping):
+            if attribute in obj:
+                return obj[attribute]
+            if attribute in _DICT_METHOD_NAMES:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
+_DICT_METHOD_NAMES = frozenset({"items", "keys", "values", "copy", "pop", "update", "clear"})
+
+
+class _RouterNativeTemplate(NativeTemplate):
+    environment_class = SandboxedNativeEnvironment
+
+    def render(self, *args: Any, **kwargs: Any) -> Any:
+        ctx = self.new_context(dict(*args, **kwargs))
+        try:
+            return _native_concat(self.root_render_func(ctx))
+        except Exception:
+            return self.environment.handle_exception()
+
+
+SandboxedNativeEnvironment.template_class = _RouterNativeTemplate
+
+
+class LenientUndefined(ChainableUndefined):
+    """Missing payload fields (even nested: `a.b.c`) render as nothing, then None."""
+
+
+def _undefined_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Filters see None for a missing value, never Jinja's Undefined object."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(None if isinstance(a, Undefined) else a for a in args)
+        return fn(*args, **kwargs)
+    wrapper.__name__ = getattr(fn, "__name__", "filter")
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def make_environment(strict: bool = False) -> SandboxedNativeEnvironment:
+    env = SandboxedNativeEnvironment(
+        undefined=StrictUndefined if strict else LenientUndefined,
+        finalize=_mark_text,
+        autoescape=False,
+        keep_trailing_newline=False,
+    )
+    env.filters.update({name: _undefined_safe(fn) for name, fn in FILTERS.items()})
+    return env
+
+
+ENV = make_environment()
+
+
+def is_template(value: Any) -> bool:
+    return isinstance(value, str) and ("{{" in value or "{%" in value)
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def render(template: Any, context: dict[str, Any]) -> Any:
+    """Render to a native value; an undefined result becomes None."""
+    value = template.render(context)
+    return None if isinstance(value, Undefined) else value
+
+
+def check_template(source: str) -> None:
+    """Everything `validate` needs — syntax, and every filter and test name known —
+    without generating code (which `serve` does on first use)."""
+    from jinja2 import nodes
+
+    try:
+        tree = ENV.parse(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template error: {exc.message}") from None
+    for node in tree.find_all((nodes.Filter, nodes.Test)):
+        known = ENV.filters if isinstance(node, nodes.Filter) else ENV.tests
+        if node.name not in known:
+            kind = "filter" if isinstance(node, nodes.Filter) else "test"
+            raise TemplateError(f"template error: No {kind} named {node.name!r}.")
+
+
+def compile_template(source: str) -> Any:
+    """Compile one template string; syntax errors and unknown filters raise TemplateError."""
+    try:
+        return ENV.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError(f"template error: {exc.message}") from None
