@@ -1,0 +1,170 @@
+"""One real `router serve` process for the whole service test session.
+
+It runs on a copy of the shipped config dir plus a second account (two environments,
+an ad destination requiring consent) and a trusted proxy header, so each test can act
+as its own client IP. Tests talk to it over loopback HTTP, with the official SDKs
+where they exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURES = REPO / "tests" / "fixtures" / "service"
+ADMIN_TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_config_dir(target: Path, **router_overrides: Any) -> Path:
+    for sub in ("configs", "mappings", "destinations.d"):
+        shutil.copytree(REPO / sub, target / sub)
+    shutil.copy(FIXTURES / "acme.yaml", target / "configs" / "accounts" / "acme.yaml")
+    shutil.copy(FIXTURES / "adsink.yaml", target / "destinations.d" / "adsink.yaml")
+    canonical = target / "mappings" / "canonical.yaml"
+    text = canonical.read_text()
+    start = text.index("\n  lead:\n")
+    marker = "    dedup_keys: []\n"
+    at = text.index(marker, start) + len(marker)
+    canonical.write_text(text[:at] + "    hold: 2\n" + text[at:])  # pixel+server lead halves
+    awin = target / "destinations.d" / "awin.yaml"  # its 30 s send delay, shortened
+    awin.write_text(awin.read_text().replace("delay_seconds: 30", "delay_seconds: 1"))
+    router_yaml = target / "configs" / "router.yaml"
+    data = yaml.safe_load(router_yaml.read_text())
+    data["server"]["trusted_proxy_header"] = "X-Forwarded-For"
+    data["server"]["max_batch_events"] = 50
+    data["server"]["pixel_rate_limit_per_minute"] = 120
+    data.setdefault("delivery", {})["poll_interval_ms"] = 20
+    for key, value in router_overrides.items():
+        data["server"][key] = value
+    router_yaml.write_text(yaml.safe_dump(data))
+    return target
+
+
+@dataclass
+class Service:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    sink: str = ""
+
+    def sandbox(self, path: str, method: str = "GET", **body: Any) -> Any:
+        response = requests.request(method, self.sink + path, json=body or None, timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def fault(self, destination: str, **spec: Any) -> None:
+        self.sandbox("/_sandbox/faults", "POST", destination=destination, **spec)
+
+    def received(self, destination: str) -> list[dict[str, Any]]:
+        return self.sandbox(f"/_sandbox/requests?destination={destination}")["requests"]
+
+    def wait_for(self, predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def deliveries(self, event_id: str) -> dict[str, dict[str, Any]]:
+        return {d["destination"]: d for d in self.event(event_id)["deliveries"]}
+
+    def admin(self, path: str, **params: Any) -> requests.Response:
+        return requests.get(self.url + path, params=params, timeout=10,
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+    def event(self, event_id: str, **params: Any) -> dict[str, Any]:
+        response = self.admin(f"/admin/events/{event_id}", **params)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+def start_service(config_dir: Path, db: Path, log: Path,
+                  extra_args: tuple[str, ...] = ()) -> Service:
+    port, sink_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEMO_", "ACME_"))}
+    env["ROUTER_ADMIN_TOKEN"] = ADMIN_TOKEN
+    env["DEMO_SINK_URL"] = f"http://127.0.0.1:{sink_port}"
+    env["ROUTER_RETRY_BASE_SECONDS"] = "0.3"
+    exe = Path(sys.executable).with_name("router")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "router.cli"]
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [*cmd, "serve", "--config-dir", str(config_dir), "--store", f"sqlite:///{db}",
+         "--host", "127.0.0.1", "--port", str(port), "--sandbox", "--sandbox-port",
+         str(sink_port), *extra_args], env=env, stdout=handle,
+        stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"router serve exited: {log.read_text()}")
+        try:
+            if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                return Service(url, process, log, f"http://127.0.0.1:{sink_port}")
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"router serve did not start: {log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    root = tmp_path_factory.mktemp("service")
+    config_dir = make_config_dir(root / "config")
+    svc = start_service(config_dir, root / "router.db", root / "serve.log")
+    yield svc
+    svc.process.terminate()
+    try:
+        svc.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        svc.process.kill()
+
+
+# --- signing helpers (what real senders compute) ---------------------------------------
+
+def router_signature(secret: str, body: bytes, timestamp: str | None = None) -> dict[str, str]:
+    ts = timestamp or str(int(time.time()))
+    digest = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Router-Timestamp": ts, "X-Router-Signature": f"sha256={digest}"}
+
+
+def segment_signature(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+
+
+def shopify_hmac(secret: str, body: bytes) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+_ip_counter = iter(range(1, 1_000_000))
+
+
+def fresh_ip() -> str:
+    """A client address of its own (a header value from the documentation range, never
+    contacted), so per-client rate limits never leak between tests."""
+    n = next(_ip_counter)
+    return f"198.51.{(n >> 8) & 255}.{n & 255}"
