@@ -1,0 +1,57 @@
+"""What one destination would receive for one event — decided exactly as routing and
+delivery decide it (listed, templated name, send_if, consent), rendered exactly as the
+worker renders it. `router explain`, `router test` and `router diff` all use this, so
+the three can never disagree with production or with each other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from router.config.model import Destination, DestinationConnection
+from router.delivery.render import (
+    RenderError,
+    build_request,
+    connection_settings,
+    mask,
+    render_payload,
+    secrets_of,
+)
+from router.pipeline.consent import decide
+from router.pipeline.event import Event
+from router.pipeline.routing import condition_reason, platform_name, skip_reason
+
+PLACEHOLDER_TOKEN = "<oauth2 access token>"
+
+
+def preview(dest: Destination, conn: DestinationConnection, event: Event, body: dict[str, Any],
+            now: float | None = None, *, masked: bool = False,
+            access_token: str = PLACEHOLDER_TOKEN) -> dict[str, Any]:
+    skip = skip_reason(dest, event)
+    if skip:
+        return {"sent": False, "reason": skip}
+    name = platform_name(dest, conn, event, body)
+    if not name:
+        return {"sent": False, "reason": "not_listed"}
+    condition = condition_reason(dest, conn, event, name, body)
+    if condition:
+        return {"sent": False, "reason": condition}
+    decision = decide(event.consent or {}, dest.consent_requires, dest.tcf_vendor_id)
+    if not decision.allowed:
+        return {"sent": False, "reason": decision.reason}
+    try:
+        rendered = render_payload(dest, conn, 1, body, event.pii)
+    except RenderError as exc:
+        return {"sent": False, "reason": str(exc)}
+    token = access_token if dest.request.get("auth") else None
+    request = build_request(dest, conn, [rendered], [body], access_token=token, now=now)
+    secrets = secrets_of(connection_settings(dest, conn)) if masked else []
+    text = request.body.decode() if request.body is not None else None
+    payload: Any = mask(text, secrets) if text is not None else None
+    if payload is not None and "json" in request.headers.get("Content-Type", ""):
+        payload = orjson.loads(payload)
+    return {"sent": True, "platform_event": rendered.platform_event,
+            "request": {"method": request.method, "url": mask(request.url, secrets),
+                        "headers": {k: mask(v, secrets) for k, v in request.headers.items()},
+                        "body": payload}}
