@@ -43,3 +43,23 @@ def test_acknowledged_events_are_visible_while_pollers_overlap(
         return missing
 
     assert asyncio.run(run()) == []
+
+
+def test_one_open_alert_per_condition_and_resolution_is_kept(tmp_path: Path) -> None:
+    async def run() -> tuple[list[bool], list[bool], int, int]:
+        store = SQLiteStore(f"sqlite:///{tmp_path / 'a.db'}")
+        await store.open()
+        opened = [await store.open_alert("queue_backlog", "meta", {"lag": n}) for n in (1, 2)]
+        resolved = [await store.resolve_alert("queue_backlog", "meta") for _ in range(2)]
+        reopened = await store.open_alert("queue_backlog", "meta", {"lag": 3})
+        assert reopened
+        open_now = await store.alerts(open_only=True)
+        everything = await store.alerts()
+        await store.close()
+        assert open_now[0].detail == {"lag": 3}
+        return opened, resolved, len(open_now), len(everything)
+
+    opened, resolved, open_count, total = asyncio.run(run())
+    assert opened == [True, False]  # the second report of an open condition adds nothing
+    assert resolved == [True, False]
+    assert (open_count, total) == (1, 2)

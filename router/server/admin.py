@@ -127,6 +127,15 @@ async def list_pauses(request: web.Request) -> web.Response:
     return json_response({"pauses": [asdict(p) for p in await runtime.store.pauses()]})
 
 
+async def list_alerts(request: web.Request) -> web.Response:
+    """`?open=true` for the ones still open; `?kind=` to filter."""
+    runtime: Runtime = request.app["runtime"]
+    open_only = request.query.get("open", "").lower() in ("1", "true", "yes")
+    alerts = await runtime.store.alerts(open_only=open_only, kind=request.query.get("kind"),
+                                        limit=_limit(request))
+    return json_response({"alerts": [asdict(a) for a in alerts]})
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
@@ -160,6 +169,7 @@ async def replay(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/pauses", list_pauses)
+    app.router.add_get("/admin/alerts", list_alerts)
     app.router.add_post("/admin/resume", resume)
     app.router.add_post("/admin/replay", replay)
     app.router.add_get("/admin/events", list_events)

@@ -11,7 +11,7 @@ the store holds no dedup semantics and a PostgreSQL backend can apply the same p
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +136,26 @@ class Pause:
     since: str
 
 
+PAUSE_ALERT = "platform_down"
+"""Opened when a connection is paused for rejected credentials, resolved when resumed."""
+
+
+def pause_subject(destination: str, account: str, environment: str) -> str:
+    return f"{destination}/{account}/{environment}"
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A condition worth a person's attention; at most one open per (kind, subject)."""
+
+    id: int
+    kind: str
+    subject: str
+    opened_at: str
+    resolved_at: str | None
+    detail: Mapping[str, Any]
+
+
 class Store(ABC):
     """One interface, several backends (SQLite now; PostgreSQL with the same tests)."""
 
@@ -205,6 +225,21 @@ class Store(ABC):
     @abstractmethod
     async def resume(self, destination: str | None = None, account: str | None = None) -> int:
         """Lift pauses; their waiting deliveries become due now. Returns pauses lifted."""
+
+    # --- alerts ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def open_alert(self, kind: str, subject: str, detail: Mapping[str, Any]) -> bool:
+        """Open an alert unless one is already open for (kind, subject); True if opened."""
+
+    @abstractmethod
+    async def resolve_alert(self, kind: str, subject: str) -> bool:
+        """Resolve the open alert for (kind, subject); True if there was one."""
+
+    @abstractmethod
+    async def alerts(self, *, open_only: bool = False, kind: str | None = None,
+                     limit: int = 100) -> list[Alert]:
+        """Newest first."""
 
     @abstractmethod
     async def requeue(self, *, since: str | None = None, destination: str | None = None,

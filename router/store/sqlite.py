@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +20,8 @@ import aiosqlite
 import orjson
 
 from router.store.base import (
+    PAUSE_ALERT,
+    Alert,
     BatchInput,
     DeliveryView,
     DueDelivery,
@@ -31,6 +33,7 @@ from router.store.base import (
     Store,
     StoredEvent,
     WritePlan,
+    pause_subject,
 )
 
 SCHEMA = """
@@ -114,6 +117,8 @@ CREATE TABLE IF NOT EXISTS alerts (
   resolved_at TEXT,
   detail BLOB
 );
+CREATE UNIQUE INDEX IF NOT EXISTS alerts_open ON alerts (kind, subject)
+  WHERE resolved_at IS NULL;
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -445,9 +450,15 @@ class SQLiteStore(Store):
 
     async def pause(self, destination: str, account: str, environment: str, reason: str) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT OR IGNORE INTO pauses VALUES (?,?,?,?,?)",
-                         (destination, account, environment, reason,
-                          time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+            since = _utc_now()
+            cur = conn.execute("INSERT OR IGNORE INTO pauses VALUES (?,?,?,?,?)",
+                               (destination, account, environment, reason, since))
+            if cur.rowcount:
+                _open_alert(conn, PAUSE_ALERT, pause_subject(destination, account, environment),
+                            {"destination": destination, "account": account,
+                             "environment": environment, "reason": reason,
+                             "action": "fix the credentials, then `router resume` or reload"},
+                            since)
         await self._write(write)
 
     async def pauses(self) -> list[Pause]:
@@ -472,8 +483,29 @@ class SQLiteStore(Store):
                     " AND due_at IS NULL AND event_seq IN (SELECT seq FROM events WHERE "
                     "account = ? AND environment = ?)", (now, dest, acc, env))
             conn.execute(f"DELETE FROM pauses WHERE {where}", args)
+            resolved_at = _utc_now()
+            for dest, acc, env in lifted:
+                _resolve_alert(conn, PAUSE_ALERT, pause_subject(dest, acc, env), resolved_at)
             return len(lifted)
         return int(await self._write(write))
+
+    async def open_alert(self, kind: str, subject: str, detail: Mapping[str, Any]) -> bool:
+        return bool(await self._write(_open_alert, kind, subject, detail, _utc_now()))
+
+    async def resolve_alert(self, kind: str, subject: str) -> bool:
+        return bool(await self._write(_resolve_alert, kind, subject, _utc_now()))
+
+    async def alerts(self, *, open_only: bool = False, kind: str | None = None,
+                     limit: int = 100) -> list[Alert]:
+        where, args = [], []
+        if open_only:
+            where.append("resolved_at IS NULL")
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        sql = "SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._read(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+        return [Alert(r[0], r[1], r[2], r[3], r[4], _loads(r[5]) or {}) for r in rows]
 
     async def requeue(self, *, since: str | None = None, destination: str | None = None,
                       statuses: Sequence[str] = ("failed", "dropped"),
@@ -500,6 +532,23 @@ class SQLiteStore(Store):
             rows = await self._read(f"SELECT count(*) FROM {table}")
             out[table] = int(rows[0][0]) if rows else 0
         return out
+
+
+def _utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _open_alert(conn: sqlite3.Connection, kind: str, subject: str,
+                detail: Mapping[str, Any], opened_at: str) -> int:
+    cur = conn.execute("INSERT OR IGNORE INTO alerts (kind, subject, opened_at, detail) "
+                       "VALUES (?,?,?,?)", (kind, subject, opened_at, _dumps(dict(detail))))
+    return int(cur.rowcount)
+
+
+def _resolve_alert(conn: sqlite3.Connection, kind: str, subject: str, resolved_at: str) -> int:
+    cur = conn.execute("UPDATE alerts SET resolved_at = ? WHERE kind = ? AND subject = ? "
+                       "AND resolved_at IS NULL", (resolved_at, kind, subject))
+    return int(cur.rowcount)
 
 
 def _select_in(conn: sqlite3.Connection, sql: str, fixed: tuple[Any, ...],

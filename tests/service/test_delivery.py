@@ -158,9 +158,17 @@ def test_auth_failure_pauses_without_burning_attempts(service: Service) -> None:
     tag2 = f"auth2-{uuid.uuid4()}"
     acme(service, signup(tag2))  # arrives while paused: waits too, nothing is lost
     assert paused_delivery(service, tag2)["status"] == "queued"
+    alerts = service.admin("/admin/alerts", open="true").json()["alerts"]
+    opened = [a for a in alerts if a["subject"] == "adsink/acme/production"]
+    assert len(opened) == 1 and opened[0]["kind"] == "platform_down"
+    assert "401" in opened[0]["detail"]["reason"] and opened[0]["resolved_at"] is None
     assert admin_post(service, "/admin/resume", {"destination": "adsink"})["resumed"] == 1
     assert settle(service, tag, "adsink")["status"] == "delivered"
     assert settle(service, tag2, "adsink")["status"] == "delivered"
+    after = {a["id"]: a for a in service.admin("/admin/alerts").json()["alerts"]}
+    assert after[opened[0]["id"]]["resolved_at"]  # the audit trail keeps it, resolved
+    still_open = service.admin("/admin/alerts", open="true").json()["alerts"]
+    assert opened[0]["id"] not in {a["id"] for a in still_open}
 
 
 def test_replay_resends_with_the_same_event_id(service: Service) -> None:
