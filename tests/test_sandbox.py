@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
+from typing import Any
+
+import orjson
 
 from router.config.model import CompiledConfig
+from router.delivery.classify import OK, Answer, classify
 from router.delivery.sandbox import Sandbox
+
+# Awin names failed orders by reference, not position: only a lone order is attributable.
+SINGLE_EVENT_ONLY = {"awin"}
 
 
 def sample_path(pattern: str) -> str:
@@ -24,3 +31,35 @@ def test_each_route_resolves_to_its_own_destination(shipped_config: CompiledConf
             path = sample_path(route["path"])
             found = sandbox.match(route.get("method", "POST"), path)
             assert found is not None and found.destination == name, (name, path, found)
+
+
+def _reply_as_answer(reply: dict[str, Any], context: dict[str, Any]) -> Answer:
+    body = reply["body"].render(context, keep_empty=True) if reply.get("body") else None
+    return Answer(reply.get("status", 200), {"Content-Type": "application/json"},
+                  orjson.dumps(body) if body is not None else b"")
+
+
+def test_per_event_errors_name_the_right_events(shipped_config: CompiledConfig) -> None:
+    """Each destination that answers per event inside a 2xx: its own response rules read
+    the platform-shaped reply back to exactly the failed positions, and a clean reply
+    fails nothing. This is what lets a batch deliver all but its bad events."""
+    checked = []
+    for imitation in Sandbox(shipped_config).imitations:
+        if imitation.event_error is None:
+            continue
+        dest = shipped_config.destinations[imitation.destination]
+        count = 1 if imitation.destination in SINGLE_EVENT_ONLY else 4
+        bad = [0] if count == 1 else [1, 3]
+        errors = [{"index": i, "message": f"event {i} is wrong"} for i in bad]
+        body = {"orders": [{"orderReference": f"o-{i}"} for i in range(count)]}
+        verdict = classify(dest, _reply_as_answer(imitation.event_error,
+                                                  {"count": count, "body": body,
+                                                   "errors": errors}), count)
+        assert verdict.kind == OK, (imitation.destination, verdict)
+        assert sorted(verdict.event_errors) == bad, (imitation.destination, verdict)
+        assert all(f"event {i}" in verdict.event_errors[i] for i in bad), verdict
+        clean = classify(dest, _reply_as_answer(imitation.success, {"count": count,
+                                                                    "body": body}), count)
+        assert clean.kind == OK and clean.event_errors == {}, (imitation.destination, clean)
+        checked.append(imitation.destination)
+    assert {"pinterest", "linkedin"} <= set(checked), checked
