@@ -567,6 +567,7 @@ def _router_settings(data: dict[str, Any]) -> RouterSettings:
         host=server.get("host", base.host), port=server.get("port", base.port),
         max_body_bytes=server.get("max_body_bytes", base.max_body_bytes),
         max_batch_events=server.get("max_batch_events", base.max_batch_events),
+        max_inflight_requests=server.get("max_inflight_requests", base.max_inflight_requests),
         max_event_bytes=server.get("max_event_bytes", base.max_event_bytes),
         trusted_proxy_header=server.get("trusted_proxy_header"),
         pixel_rate_limit_per_minute=server.get("pixel_rate_limit_per_minute",

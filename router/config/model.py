@@ -273,6 +273,7 @@ class RouterSettings:
     max_body_bytes: int = 1_048_576
     max_batch_events: int = 500
     max_event_bytes: int = 65_536
+    max_inflight_requests: int = 256
     trusted_proxy_header: str | None = None
     pixel_rate_limit_per_minute: int = 600
     cookie_domain: str | None = None

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router.server import admin, collect, ingest_routes
 from router.server.http import HttpError, error_response, json_response
+from router.server.overload import shed_load
 from router.server.runtime import Runtime
 
 log = logging.getLogger("router.server")
@@ -69,7 +70,7 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(runtime: Runtime) -> web.Application:
     settings = runtime.config.settings
     # our own limit (read_body) answers 413 JSON; aiohttp's is only a backstop
-    app = web.Application(middlewares=[errors, admin.require_token],
+    app = web.Application(middlewares=[errors, shed_load, admin.require_token],
                           client_max_size=settings.max_body_bytes * 4 + 65536)
     app["runtime"] = runtime
     ingest_routes.add_routes(app)

@@ -15,12 +15,14 @@ JSON_TYPES = ("application/json", "text/plain", "application/x-ndjson")
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str, extra: dict[str, Any] | None = None):
+    def __init__(self, status: int, code: str, message: str, extra: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.extra = extra or {}
+        self.headers = headers or {}
 
 
 def json_response(payload: Any, status: int = 200,
@@ -31,7 +33,7 @@ def json_response(payload: Any, status: int = 200,
 
 def error_response(exc: HttpError, headers: dict[str, str] | None = None) -> web.Response:
     return json_response({"error": {"code": exc.code, "message": exc.message}, **exc.extra},
-                         exc.status, headers)
+                         exc.status, {**exc.headers, **(headers or {})} or None)
 
 
 def check_content_type(request: web.Request, allowed: tuple[str, ...] = JSON_TYPES) -> None:

@@ -46,6 +46,9 @@ class Metrics:
         self.requests = Histogram("router_request_seconds", "Ingest request latency",
                                   ["endpoint", "code"], registry=self.registry,
                                   buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
+        self.shed = Counter("router_requests_shed_total",
+                            "Ingest requests answered 503 overloaded (max_inflight_requests)",
+                            registry=self.registry)
 
     def count_results(self, source: str, results: Sequence[dict[str, Any] | None]) -> None:
         for result in results:
@@ -83,6 +86,7 @@ class Runtime:
         self.pixel_limiter = RateLimiter(s.pixel_rate_limit_per_minute)
         self.workers = Workers(store, lambda: self._config) if workers else None
         self.started_at = time.time()
+        self.ingest_in_flight = 0  # requests inside the ingest handlers (load shedding)
 
     def _committed(self) -> None:
         if self.workers is not None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import uuid
@@ -252,3 +254,45 @@ def test_graceful_shutdown_keeps_acknowledged_events(tmp_path: Path) -> None:
     assert set(ids) <= stored
     assert ADMIN_TOKEN  # the restarted service would serve them again
     _ = fresh_ip, subprocess
+
+
+def test_overload_is_shed_with_503_and_nothing_is_stored(tmp_path: Path) -> None:
+    """Past `max_inflight_requests` an ingest request is answered at once with 503
+    `overloaded` + Retry-After (SDKs retry it) instead of queueing without bound."""
+    config_dir = make_config_dir(tmp_path / "config", max_inflight_requests=1)
+    svc = start_service(config_dir, tmp_path / "router.db", tmp_path / "serve.log")
+    try:
+        slow_id = f"slow-{uuid.uuid4()}"
+        body = json.dumps({"type": "track", "event": "Signed Up", "userId": "u",
+                           "messageId": slow_id}).encode()
+        port = int(svc.url.rsplit(":", 1)[1])
+        auth = base64.b64encode(b"demo-write-key:").decode()
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as slow:
+            slow.sendall(b"POST /v1/track HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Type: application/json\r\nConnection: close\r\n"
+                         + f"Authorization: Basic {auth}\r\n".encode()
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+            shed_ids = []
+
+            def shed() -> list[requests.Response]:  # the slow request holds the only slot
+                shed_ids.append(f"shed-{uuid.uuid4()}")
+                response = track(svc, {"type": "track", "event": "Signed Up", "userId": "u",
+                                       "messageId": shed_ids[-1]})
+                return [response] if response.status_code == 503 else []
+
+            [refused] = svc.wait_for(shed, timeout=10, what="a 503")
+            assert refused.json()["error"]["code"] == "overloaded"
+            assert refused.headers["Retry-After"] == "1"
+            slow.sendall(body[10:])
+            answer = slow.makefile("rb").read().decode()
+        assert answer.startswith("HTTP/1.1 200"), answer
+        assert svc.event(slow_id)["event"]["event_name"] == "sign_up"
+        later = track(svc, {"type": "track", "event": "Signed Up", "userId": "u",
+                            "messageId": f"after-{uuid.uuid4()}"})
+        assert later.status_code == 200, later.text  # the slot is free again
+        assert svc.admin(f"/admin/events/{shed_ids[-1]}").status_code == 404
+        metrics = requests.get(svc.url + "/metrics", timeout=5).text
+        assert "router_requests_shed_total 1.0" in metrics  # wait_for stopped at the first
+    finally:
+        svc.process.terminate()
+        svc.process.wait(timeout=30)
