@@ -237,13 +237,9 @@ STORE = click.option("--store", "store_url", default=None,
 def worker(config_dir: str, store_url: str | None, log_level: str) -> None:
     """Run only the delivery workers (beside `router serve --no-workers`)."""
     from router.server.serve import run_workers
-    from router.store import open_store
 
     config = _load_or_exit(config_dir)
-    try:
-        open_store(store_url or config.settings.store_url)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    _check_store_url(config, store_url)
     run_workers(config, store_url=store_url, log_level=log_level)
 
 
@@ -258,16 +254,23 @@ def sandbox(config_dir: str, host: str, port: int) -> None:
     run_sandbox(_load_or_exit(config_dir), host=host, port=port)
 
 
+def _check_store_url(config: Any, store_url: str | None) -> None:
+    """An unusable store URL is a usage error (exit 2), reported before any work."""
+    from router.store import open_store
+
+    try:
+        open_store(store_url or config.settings.store_url)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _with_store(config_dir: str, store_url: str | None, action: Any) -> Any:
     import asyncio
 
     from router.store import open_store
 
     config = _load_or_exit(config_dir)
-    try:
-        open_store(store_url or config.settings.store_url)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+    _check_store_url(config, store_url)
 
     async def go() -> Any:
         store = open_store(store_url or config.settings.store_url)
