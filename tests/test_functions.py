@@ -79,9 +79,21 @@ def test_hashing_is_idempotent(text: str) -> None:
     ("1763647387", "2025-11-20T14:03:07.000Z"),
     ("not a time", None),
     (None, None),
+    ("2026-13-20T14:03:07.125Z", None),  # canonical shape, impossible month
+    # numbers no clock can show are no time, not a crash of the ingest request
+    ("inf", None), ("-infinity", None), ("nan", None), (1e300, None), ("-1e20", None),
 ])
 def test_iso_time(raw: object, iso: str | None) -> None:
     assert fx.iso_time(raw) == iso
+    assert (fx.parse_time(raw) is None) == (iso is None)
+
+
+@given(st.datetimes(min_value=__import__("datetime").datetime(1000, 1, 1)))
+def test_canonical_times_take_the_fast_path_to_the_same_answer(moment) -> None:  # type: ignore[no-untyped-def]
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    slow = text[:-1] + "+00:00"  # the same instant, not in the fast path's shape
+    assert fx.iso_time(text) == fx.iso_time(slow) == text
+    assert fx.parse_time(text) == fx.parse_time(slow)
 
 
 def test_unix_conversions() -> None:
@@ -170,6 +182,11 @@ def test_project_and_alnum_email() -> None:
     assert fx.project([{"id": "a", "price": 2, "x": 1}, "junk"],
                       {"item_id": "id", "item_price": "price", "kind": "=sku"}) == \
         [{"item_id": "a", "item_price": 2, "kind": "sku"}]
+    # field tables are parsed once and remembered: equal-looking constants of other
+    # types (1, 1.0, True) and unhashable ones are still each their own
+    for constant in (1, 1.0, True, [1], {"a": 1}):
+        row = fx.project([{"p": "2"}], {"price": "p|money_string", "q": constant})[0]
+        assert row == {"price": "2.00", "q": constant} and type(row["q"]) is type(constant)
     assert fx.norm_email_alnum(" Jane.Doe+promo@Example.com ") == "janedoe@example.com"
 
 
@@ -178,3 +195,12 @@ def test_jinja_filters_keep_native_types() -> None:
     assert render(compile_template("{{ e | norm_email | sha256 }}"), {"e": " A@B.CO "}) == \
         hashlib.sha256(b"a@b.co").hexdigest()
     assert render(compile_template("{{ missing.deep.path }}"), {}) is None
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F)), st.booleans())
+def test_ascii_names_take_the_fast_path_to_the_same_answer(text: str, spaces: bool) -> None:
+    import unicodedata
+
+    by_category = "".join(ch for ch in text if unicodedata.category(ch)[0] in "LMN"
+                          or (spaces and ch.isspace()))
+    assert fx._keep(text, spaces) == by_category

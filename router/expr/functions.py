@@ -21,11 +21,18 @@ import phonenumbers
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NON_DIGIT = re.compile(r"\D+")
+# what iso_time produces (and most senders send): UTC, milliseconds, Z; years from 1000
+# because strftime does not zero-pad smaller ones
+_CANONICAL_TIME = re.compile(r"[1-9]\d{3}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def is_sha256(value: Any) -> bool:
     """True for values that already are SHA-256 hex digests (never hash them twice)."""
-    return isinstance(value, str) and bool(_HEX64.match(value.strip().lower()))
+    # every identifier passes through here, most far shorter than a digest: the length
+    # test answers them without the strip/lower copies and the regex
+    if not isinstance(value, str) or len(value) < 64:
+        return False
+    return bool(_HEX64.match(value.strip().lower()))
 
 
 def sha256(value: Any) -> str | None:
@@ -136,13 +143,21 @@ def parse_time(value: Any) -> datetime | None:
         return None
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str) and _CANONICAL_TIME.fullmatch(value):
+        try:  # the common case, already canonical: no float() attempt, no copies
+            return datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC)
+        except ValueError:
+            return None
     if isinstance(value, int | float) or (isinstance(value, str) and _is_numeric(value)):
         num = float(value)
         if num > 1e14:
             num /= 1_000_000
         elif num > 1e11:
             num /= 1000
-        return datetime.fromtimestamp(num, tz=UTC)
+        try:
+            return datetime.fromtimestamp(num, tz=UTC)
+        except (OverflowError, OSError, ValueError):  # inf, nan, beyond year 9999
+            return None
     text = str(value).strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
@@ -154,6 +169,8 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def _is_numeric(text: str) -> bool:
+    if ":" in text:  # every ISO time has one and no number does: skip the exception
+        return False
     try:
         float(text)
     except ValueError:
@@ -163,6 +180,8 @@ def _is_numeric(text: str) -> bool:
 
 def iso_time(value: Any) -> str | None:
     """Canonical event time: UTC, ISO 8601 with milliseconds and a Z."""
+    if isinstance(value, str) and _CANONICAL_TIME.fullmatch(value):
+        return value if parse_time(value) is not None else None
     dt = parse_time(value)
     if dt is None:
         return None
@@ -292,9 +311,15 @@ def phone_digits(value: Any) -> str | None:
     return text if is_sha256(text) else text.lstrip("+")
 
 
+_ASCII_DROP = re.compile(r"[^A-Za-z0-9]+")
+_ASCII_DROP_KEEP_SPACES = re.compile(r"[^A-Za-z0-9\s]+")
+
+
 def _keep(text: str, spaces: bool) -> str:
     """Letters, marks and digits (Unicode L/M/N); combining vowel signs of Indic and Thai
     scripts are marks, and dropping them would change the name ("प्रिया" -> "परय")."""
+    if text.isascii():  # the same rule for ASCII, without a lookup per character
+        return (_ASCII_DROP_KEEP_SPACES if spaces else _ASCII_DROP).sub("", text)
     return "".join(ch for ch in text if unicodedata.category(ch)[0] in "LMN"
                    or (spaces and ch.isspace()))
 
@@ -420,14 +445,18 @@ def compact(value: Any) -> Any:
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            item = compact(item)
+            if type(item) not in _SCALARS:
+                item = compact(item)
             if item is not None and item != "" and item != [] and item != {}:
                 out[key] = item
         return out
     if isinstance(value, list):
-        items = [compact(v) for v in value]
+        items = [v if type(v) in _SCALARS else compact(v) for v in value]
         return [v for v in items if v is not None and v != "" and v != [] and v != {}]
     return value
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def project(items: Any, fields: Mapping[str, Any],
@@ -439,29 +468,59 @@ def project(items: Any, fields: Mapping[str, Any],
 
     A source is an item key, optionally followed by "|filter" (any named filter); "=text"
     or a non-string value is a constant; `defaults` fill keys an item lacks."""
-    from router.expr.jinja import FILTERS
-
+    spec = _project_spec(fields)
     out = []
     for item in items if isinstance(items, list) else []:
         if not isinstance(item, Mapping):
             continue
         row: dict[str, Any] = {}
-        for target, source in fields.items():
-            if not isinstance(source, str):
-                row[target] = source
-            elif source.startswith("="):
-                row[target] = source[1:]
+        for target, constant, key, convert in spec:
+            if key is None:
+                row[target] = constant
             else:
-                key, _, filter_name = source.partition("|")
-                value = item.get(key.strip())
-                if value is not None and filter_name:
-                    value = FILTERS[filter_name.strip()](value)
+                value = item.get(key)
+                if value is not None and convert is not None:
+                    value = convert(value)
                 row[target] = value
         for target, value in (defaults or {}).items():
             if row.get(target) in (None, ""):
                 row[target] = value
         out.append(compact(row))
     return out
+
+
+_Spec = tuple[tuple[str, Any, str | None, Any], ...]
+_PROJECT_SPECS: dict[tuple[tuple[str, type, Any], ...], _Spec] = {}
+
+
+def _project_spec(fields: Mapping[str, Any]) -> _Spec:
+    """`project`'s field sources parsed once per distinct field table (templates pass the
+    same few tables for every event): (target, constant, item key, filter)."""
+    try:
+        # with the types: 1, 1.0 and True are equal keys but different constants
+        cache_key: tuple[tuple[str, type, Any], ...] | None = tuple(
+            (k, type(v), v) for k, v in fields.items())
+        hash(cache_key)
+    except TypeError:  # a list or dict constant: parse every time
+        cache_key = None
+    if cache_key is not None and cache_key in _PROJECT_SPECS:
+        return _PROJECT_SPECS[cache_key]
+    from router.expr.jinja import FILTERS
+
+    spec: list[tuple[str, Any, str | None, Any]] = []
+    for target, source in fields.items():
+        if not isinstance(source, str):
+            spec.append((target, source, None, None))
+        elif source.startswith("="):
+            spec.append((target, source[1:], None, None))
+        else:
+            key, _, filter_name = source.partition("|")
+            spec.append((target, None, key.strip(),
+                         FILTERS[filter_name.strip()] if filter_name else None))
+    parsed = tuple(spec)
+    if cache_key is not None and len(_PROJECT_SPECS) < 1024:
+        _PROJECT_SPECS[cache_key] = parsed
+    return parsed
 
 
 def with_index(items: Any) -> list[dict[str, Any]] | None:
