@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.pipeline.guard import check_pan, find_card_number, luhn_valid
 
@@ -51,3 +53,15 @@ def test_card_found_in_any_string_field(text: str) -> None:
 ])
 def test_no_false_positives(payload: dict[str, object]) -> None:
     assert find_card_number(payload) is None
+
+
+@given(st.text(alphabet="0123456789 -x\"/#\u0663", max_size=80) | st.binary(max_size=80))
+def test_the_fast_screen_lets_through_every_payload_the_full_pattern_would(
+        text: str | bytes) -> None:
+    """The screen (digit tokens after a byte translation) must never hide a candidate
+    the card pattern finds in the same serialized payload."""
+    from router.pipeline.guard import _ANY_RUN, _may_hold_card_number
+
+    data = text.encode() if isinstance(text, str) else text
+    if _ANY_RUN.search(data):
+        assert _may_hold_card_number(data)

@@ -69,6 +69,17 @@ def _strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 
 _ANY_RUN = re.compile(rb"\d(?:[ -]?\d){12,18}")
+# The screen before the regex (which costs ~10 ns per byte of payload in `re`): map
+# digits to "0", spaces and dashes to "1", every other byte to whitespace; a card
+# candidate needs one whitespace-free token holding 13 or more digits. translate, split
+# and count run in C, several times faster than the regex over the same bytes.
+_DIGITISH = bytes(48 if chr(b).isdigit() and b < 128 else 49 if b in b" -" else 32
+                  for b in range(256))
+
+
+def _may_hold_card_number(serialized: bytes) -> bool:
+    return any(len(token) >= 13 and token.count(48) >= 13
+               for token in serialized.translate(_DIGITISH).split())
 
 
 def find_card_number(payload: Any) -> str | None:
@@ -79,7 +90,8 @@ def find_card_number(payload: Any) -> str | None:
     One regex over the serialized payload screens out the common case (no run of 13+
     digits anywhere) before any field is walked.
     """
-    if not _ANY_RUN.search(orjson.dumps(payload, default=str)):
+    serialized = orjson.dumps(payload, default=str)
+    if not _may_hold_card_number(serialized) or not _ANY_RUN.search(serialized):
         return None
     for path, text in _strings(payload):
         if len(text) < 13:
