@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from ast import literal_eval, parse
 from collections.abc import Callable, Mapping
-from itertools import chain, islice
+from itertools import chain
 from typing import Any
 
 from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, Undefined
 from jinja2.nativetypes import NativeEnvironment, NativeTemplate
-from jinja2.runtime import new_context
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context, new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from router.expr import functions as fx
@@ -73,12 +74,13 @@ def _native_concat(values: Any) -> Any:
     id "548291" would leave as the integer 548291, "2024_0001" as 20240001 and a text
     "1-2" as -1. Here computed strings stay text, text built from several parts stays
     text, and only a constant Jinja folded to a string (`{{ [1, 2] }}`) is evaluated."""
-    head = list(islice(values, 2))
-    if not head:
+    values = iter(values)  # a generator from render, a list from {% set %} blocks
+    value = next(values, _END)
+    if value is _END:
         return None
-    if len(head) > 1:
-        return "".join(str(v) for v in chain(head, values))
-    value = head[0]
+    second = next(values, _END)
+    if second is not _END:
+        return "".join(str(v) for v in chain((value, second), values))
     if isinstance(value, _Text):
         return str(value)
     if not isinstance(value, str):
@@ -89,6 +91,9 @@ def _native_concat(values: Any) -> Any:
         return value
 
 
+_END = object()
+
+
 class SandboxedNativeEnvironment(ImmutableSandboxedEnvironment, NativeEnvironment):
     """Sandbox rules from ImmutableSandboxedEnvironment, native rendering from Native."""
 
@@ -97,6 +102,13 @@ class SandboxedNativeEnvironment(ImmutableSandboxedEnvironment, NativeEnvironmen
     def getattr(self, obj: Any, attribute: str) -> Any:
         # `event.custom_data.items` means the "items" key, never dict.items: payload
         # fields named like dict methods must not turn into bound methods
+        if type(obj) is dict:  # payloads are plain dicts: skip the ABC check
+            if attribute in obj:
+                return obj[attribute]
+            if attribute in _DICT_METHOD_NAMES or attribute not in _DICT_ATTRIBUTES:
+                # what the sandbox's getattr ends with after two exceptions
+                return self.undefined(obj=obj, name=attribute)
+            return super().getattr(obj, attribute)
         if isinstance(obj, Mapping):
             if attribute in obj:
                 return obj[attribute]
@@ -106,25 +118,46 @@ class SandboxedNativeEnvironment(ImmutableSandboxedEnvironment, NativeEnvironmen
 
 
 _DICT_METHOD_NAMES = frozenset({"items", "keys", "values", "copy", "pop", "update", "clear"})
+_DICT_ATTRIBUTES = frozenset(dir(dict))
 
 
 class _RouterNativeTemplate(NativeTemplate):
     environment_class = SandboxedNativeEnvironment
 
     def render(self, *args: Any, **kwargs: Any) -> Any:
-        # Jinja keeps a template's globals as a ChainMap and walks it twice per render
-        # (merging it into the context, and again for its key set): half the cost of a
-        # short template. The globals never change once a config is compiled, so one
-        # flat copy per template gives the same context for a fraction of the work.
-        flat = self.__dict__.get("_flat_globals")
-        if flat is None:
-            flat = self.__dict__["_flat_globals"] = dict(self.globals)
-        ctx = new_context(self.environment, self.name, self.blocks, dict(*args, **kwargs),
-                          False, flat)
+        # Per render, Jinja's `new_context` copies the template's globals out of a
+        # ChainMap (walked twice), builds a key set of them and a blocks table: over half
+        # the cost of a short template such as a `send_if`. Globals never change once a
+        # config is compiled and our templates define no blocks, so the context is built
+        # here from one flat copy made per template, with the attributes `Context`
+        # itself would set (templates with blocks take Jinja's own path).
+        state = self.__dict__.get("_context_state")
+        if state is None:
+            flat = dict(self.globals)
+            state = self.__dict__["_context_state"] = (flat, frozenset(flat))
+        flat, keys = state
+        if self.blocks:
+            ctx = new_context(self.environment, self.name, self.blocks,
+                              dict(*args, **kwargs), False, flat)
+        else:
+            parent = flat.copy()
+            parent.update(*args, **kwargs)
+            ctx = _new_context(Context)
+            ctx.parent = parent
+            ctx.vars = {}
+            ctx.environment = self.environment
+            ctx.eval_ctx = EvalContext(self.environment, self.name)
+            ctx.exported_vars = set()
+            ctx.name = self.name
+            ctx.globals_keys = keys
+            ctx.blocks = {}
         try:
             return _native_concat(self.root_render_func(ctx))
         except Exception:
             return self.environment.handle_exception()
+
+
+_new_context = Context.__new__
 
 
 SandboxedNativeEnvironment.template_class = _RouterNativeTemplate

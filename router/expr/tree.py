@@ -128,19 +128,30 @@ def _render(node: Any, context: dict[str, Any]) -> Any:
     return node
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _clean(value: Any, drop_empty: bool) -> Any:
     """Undefined becomes None; with drop_empty, None/""/[]/{} disappear, recursively."""
     kind = type(value)
+    if kind in _SCALARS:  # most leaves: no Undefined check, no recursion
+        return value
     if kind is dict:
         out = {}
         for key, item in value.items():
-            item = _clean(item, drop_empty)
+            t = type(item)
+            if t is str:  # the common leaf: empty or not, nothing else to check
+                if item or not drop_empty:
+                    out[key] = item
+                continue
+            if t not in _SCALARS:
+                item = _clean(item, drop_empty)
             if drop_empty and (item is None or item == "" or item == [] or item == {}):
                 continue
             out[key] = item
         return out
     if kind is list:
-        items = [_clean(v, drop_empty) for v in value]
+        items = [v if type(v) in _SCALARS else _clean(v, drop_empty) for v in value]
         if drop_empty:
             return [v for v in items if not (v is None or v == "" or v == [] or v == {})]
         return items
