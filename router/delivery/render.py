@@ -64,10 +64,25 @@ def mask(text: str, secrets: Sequence[str]) -> str:
 
 
 def connection_settings(dest: Destination, conn: DestinationConnection) -> dict[str, Any]:
+    """The connection's settings with `base_url` resolved: shared, read only (templates
+    cannot mutate it), built once per compiled destination and connection rather than
+    for every payload."""
+    key = (id(dest), id(conn))
+    cached = _SETTINGS_CACHE.get(key)
+    if cached is not None and cached[0] is dest and cached[1] is conn:
+        return cached[2]
     settings = dict(conn.settings)
     base = settings.get("base_url") or dest.request.get("base_url") or ""
     settings["base_url"] = base.rstrip("/")
+    if len(_SETTINGS_CACHE) >= 4096:  # reloads leave old entries behind: start over
+        _SETTINGS_CACHE.clear()
+    # holding dest and conn keeps their ids from being reused while the entry lives
+    _SETTINGS_CACHE[key] = (dest, conn, settings)
     return settings
+
+
+_SETTINGS_CACHE: dict[tuple[int, int], tuple[Destination, DestinationConnection,
+                                             dict[str, Any]]] = {}
 
 
 def secrets_of(settings: Mapping[str, Any], access_token: str | None = None) -> list[str]:
@@ -112,14 +127,17 @@ def render_payload(dest: Destination, conn: DestinationConnection, seq: int,
 def batches(dest: Destination, rendered: Sequence[Rendered]) -> list[list[Rendered]]:
     """Group payloads into requests: same batch key, at most max_events and max_bytes."""
     groups: dict[str, list[list[Rendered]]] = {}
+    sizes: dict[str, int] = {}  # bytes in each key's open batch (no re-summing per item)
     for item in rendered:
         lists = groups.setdefault(item.key, [[]])
         current = lists[-1]
-        size = sum(r.size for r in current)
+        size = sizes.get(item.key, 0)
         if current and (len(current) >= dest.max_events or size + item.size > dest.max_bytes):
             current = []
             lists.append(current)
+            size = 0
         current.append(item)
+        sizes[item.key] = size + item.size
     return [b for lists in groups.values() for b in lists if b]
 
 
