@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -135,7 +136,7 @@ class SourceMapping:
     rules: Mapping[str, EventRule]
     file: str
 
-    @property
+    @cached_property  # read per event and per Delivery; the parts never change
     def version_tag(self) -> str:
         return f"{self.source}@{self.version}"
 
@@ -244,7 +245,7 @@ class Destination:
     definition: Mapping[str, Any]  # the whole frozen document
     file: str
 
-    @property
+    @cached_property  # read per event and per Delivery; the parts never change
     def version_tag(self) -> str:
         return f"{self.name}@{self.version}"
 

@@ -102,8 +102,18 @@ class Expr:
     def search(self, document: Any) -> Any:
         try:
             return self._fn(document)
-        except (JMESPathError, TypeError, ValueError, AttributeError):
+        except SEARCH_ERRORS:
             return None
+
+    @property
+    def unchecked(self) -> Callable[[Any], Any]:
+        """The compiled function itself, for loops that evaluate many expressions per
+        event and catch SEARCH_ERRORS themselves (one call less per expression)."""
+        return self._fn
+
+
+# what an odd payload can make an expression raise; `search` answers null instead
+SEARCH_ERRORS = (JMESPathError, TypeError, ValueError, AttributeError)
 
 
 class ExprError(ValueError):

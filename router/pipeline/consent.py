@@ -32,6 +32,9 @@ class Decision:
         return "consent: " + ", ".join(self.denied) + " not granted" if self.denied else ""
 
 
+ALLOWED = Decision(True)
+
+
 def _flag(value: Any) -> bool | None:
     if isinstance(value, bool):
         return value
@@ -162,8 +165,14 @@ def decide(consent: dict[str, Any], requires: tuple[str, ...],
            tcf_vendor_id: int | None = None) -> Decision:
     """May an event with this consent record go to a destination requiring `requires`?"""
     purposes = consent.get("purposes") or {}
-    denied = [p for p in requires if not purposes.get(p, False)]
     tc_string = consent.get("tcf")
+    if tc_string is None or tcf_vendor_id is None:  # the common case: purposes only
+        for purpose in requires:
+            if not purposes.get(purpose, False):
+                break
+        else:
+            return ALLOWED
+    denied = [p for p in requires if not purposes.get(p, False)]
     if tcf_vendor_id is not None and tc_string and not tcf_vendor_allowed(tc_string, tcf_vendor_id):
         denied.append(f"tcf vendor {tcf_vendor_id}")
     return Decision(not denied, tuple(denied))

@@ -100,8 +100,8 @@ def normalize_identity(event: Event, default_country: str = "US",
             user_data[f"{key}_sha256"] = normalized.lower()
             continue
         pii[key] = normalized
-        hash_input = HASH_INPUT.get(key, lambda s: s)(normalized)
-        user_data[f"{key}_sha256"] = fx.sha256(hash_input)
+        to_hash = HASH_INPUT.get(key)
+        user_data[f"{key}_sha256"] = fx.sha256(to_hash(normalized) if to_hash else normalized)
     if "country" in pii:
         user_data["country"] = pii["country"]  # a country code alone identifies nobody
     # lifecycle platforms show names and places to people: keep the form the person

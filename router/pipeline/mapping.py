@@ -13,6 +13,7 @@ import orjson
 
 from router.config.model import FieldRule, SourceMapping
 from router.expr.functions import compact, iso_time, to_str
+from router.expr.jmes import SEARCH_ERRORS
 from router.pipeline.event import MAPPED, UNMAPPED, Event
 
 
@@ -32,11 +33,24 @@ def extract(rules: tuple[FieldRule, ...], message: Any) -> dict[str, Any]:
     for rule in rules:
         if rule.expr is None:
             continue
-        value = rule.expr.search(message)
-        if value is not None:
+        try:
+            value = rule.expr.unchecked(message)
+        except SEARCH_ERRORS:
+            continue
+        if value is None:
+            continue
+        if isinstance(value, dict):
             # a whole-object rule hands us the message's own dict: copy it, so that
             # field rules assigned into it later never write into the input
-            _assign(out, rule.path, dict(value) if isinstance(value, dict) else value)
+            value = dict(value)
+        path = rule.path
+        if len(path) == 2:  # most fields (user_data.email, ...): no loop
+            node = out.get(path[0])
+            if not isinstance(node, dict):
+                node = out[path[0]] = {}
+            node[path[1]] = value
+        else:
+            _assign(out, path, value)
     return compact(out)
 
 
