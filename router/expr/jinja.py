@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from itertools import chain
 from typing import Any
 
-from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, Undefined
-from jinja2.nativetypes import NativeEnvironment, NativeTemplate
-from jinja2.nodes import EvalContext
+from jinja2 import ChainableUndefined, StrictUndefined, TemplateSyntaxError, Undefined, nodes
+from jinja2.compiler import Frame, optimizeconst
+from jinja2.nativetypes import NativeCodeGenerator, NativeEnvironment, NativeTemplate
 from jinja2.runtime import Context, new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -94,10 +94,36 @@ def _native_concat(values: Any) -> Any:
 _END = object()
 
 
+class _InlineDictCodeGenerator(NativeCodeGenerator):
+    """Jinja's native code generator, with `a.b` on plain dicts inlined.
+
+    Jinja compiles every `a.b` to a call of `environment.getattr(a, "b")`; payload
+    templates make hundreds per event, nearly all on the event's plain dicts. For a name
+    that is no dict attribute, the generated code looks the key up itself when the
+    object is a dict holding it — exactly the first branch of
+    `SandboxedNativeEnvironment.getattr` — and calls that method for everything else
+    (missing keys, non-dicts, Undefined), so results and errors are unchanged."""
+
+    _inline_serial = 0
+
+    @optimizeconst
+    def visit_Getattr(self, node: nodes.Getattr, frame: Frame) -> None:
+        if self.environment.is_async or node.attr in _DICT_ATTRIBUTES:
+            super().visit_Getattr(node, frame)
+            return
+        self._inline_serial += 1
+        tmp = f"_rga{self._inline_serial}"
+        key = repr(node.attr)
+        self.write(f"({tmp}[{key}] if type({tmp} := (")
+        self.visit(node.node, frame)
+        self.write(f")) is dict and {key} in {tmp} else environment.getattr({tmp}, {key}))")
+
+
 class SandboxedNativeEnvironment(ImmutableSandboxedEnvironment, NativeEnvironment):
     """Sandbox rules from ImmutableSandboxedEnvironment, native rendering from Native."""
 
     concat = staticmethod(_native_concat)
+    code_generator_class = _InlineDictCodeGenerator
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         # `event.custom_data.items` means the "items" key, never dict.items: payload
@@ -146,7 +172,7 @@ class _RouterNativeTemplate(NativeTemplate):
             ctx.parent = parent
             ctx.vars = {}
             ctx.environment = self.environment
-            ctx.eval_ctx = EvalContext(self.environment, self.name)
+            ctx.eval_ctx = nodes.EvalContext(self.environment, self.name)
             ctx.exported_vars = set()
             ctx.name = self.name
             ctx.globals_keys = keys
@@ -170,7 +196,10 @@ class LenientUndefined(ChainableUndefined):
 def _undefined_safe(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Filters see None for a missing value, never Jinja's Undefined object."""
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        args = tuple(None if isinstance(a, Undefined) else a for a in args)
+        for arg in args:  # rebuild the arguments only when one is Undefined
+            if isinstance(arg, Undefined):
+                args = tuple(None if isinstance(a, Undefined) else a for a in args)
+                break
         return fn(*args, **kwargs)
     wrapper.__name__ = getattr(fn, "__name__", "filter")
     wrapper.__doc__ = fn.__doc__
