@@ -159,6 +159,25 @@ def test_one_bad_event_in_a_batch_is_rejected_alone(service: Service) -> None:
     assert service.admin(f"/admin/events/bad-{tag}").status_code == 404
 
 
+def test_impossible_timestamps_do_not_fail_the_batch(service: Service) -> None:
+    """A timestamp no clock can show ("inf", 1e300) is no timestamp: the event is stored
+    with its arrival time, and the other events of the request are not lost."""
+    tag = uuid.uuid4()
+    batch = {"batch": [
+        {"type": "track", "event": "Signed Up", "userId": "u", "messageId": f"inf-{tag}",
+         "timestamp": "inf", "sentAt": "-infinity"},
+        {"type": "track", "event": "Logged In", "userId": "u", "messageId": f"big-{tag}",
+         "timestamp": 1e300},
+        {"type": "track", "event": "Logged In", "userId": "u", "messageId": f"fine-{tag}"},
+    ]}
+    response = track(service, batch, path="/v1/batch")
+    assert response.status_code == 200, response.text
+    assert [r["status"] for r in response.json()["results"]] == ["accepted"] * 3
+    for mid in (f"inf-{tag}", f"big-{tag}"):
+        stored = service.event(mid)
+        assert stored["occurred_at"] == stored["received_at"]
+
+
 def test_error_codes(service: Service) -> None:
     def post(path: str, data: bytes, content_type: str = "application/json") -> requests.Response:
         return requests.post(service.url + path, data=data, auth=("demo-write-key", ""),
