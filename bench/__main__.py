@@ -44,7 +44,6 @@ from bench.harness import (
     cpu_seconds,
     destination_limits,
     fingerprint,
-    free_port,
     machine,
     memory_kb,
     metric,
@@ -52,6 +51,7 @@ from bench.harness import (
     snapshot_engine,
     wait_reuse_port,
 )
+from bench.ingest import free_port
 from bench.load import LoadResult
 from bench.report import render
 

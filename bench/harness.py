@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from typing import Any
 import orjson
 import requests
 
-from bench.ingest import AUTH, order_completed
+from bench.ingest import AUTH, order_completed, poll_until_up
 from bench.load import LoadResult, run_load
 
 REPO = Path(__file__).resolve().parent.parent
@@ -200,12 +199,6 @@ def fingerprint(root: Path = REPO) -> str:
 
 # --- processes --------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Proc:
     name: str
@@ -262,16 +255,8 @@ class Processes:
 
 
 def wait_up(url: str, proc: Proc, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not proc.alive():
-            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}")
-        try:
-            requests.get(url, timeout=0.5)
-            return
-        except requests.RequestException:
-            time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} did not answer {url} within {timeout:.0f} s")
+    poll_until_up(url, lambda: None if proc.alive() else
+                  f"{proc.name} exited ({proc.popen.returncode}):\n{proc.tail()}", timeout)
 
 
 def router_exe() -> str:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,16 +101,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if process.poll() is not None:
-            raise RuntimeError(f"{url} exited")
+def poll_until_up(url: str, exited: Callable[[], str | None], timeout: float = 30.0) -> None:
+    """Poll `url` until it answers; `exited()` says why the server died, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        why = exited()
+        if why is not None:
+            raise RuntimeError(why)
         try:
             requests.get(url, timeout=0.5)
             return
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.1)
-    raise RuntimeError(f"{url} did not start")
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    poll_until_up(url, lambda: f"{url} exited" if process.poll() is not None else None)
 
 
 def start(cmd: list[str], health: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
