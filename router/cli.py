@@ -115,8 +115,12 @@ def explain(config_dir: str, source: str, account: str | None, environment: str 
 @click.option("--port", type=int, default=None, help="Port (default: server.port).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--role", "roles", default="gateway,processor,delivery", show_default=True,
+              help="Which stages this process runs: gateway (acknowledge ingest), processor "
+                   "(map, dedup, route after the acknowledgement), delivery. Several processes "
+                   "with different roles can share one store.")
 @click.option("--workers/--no-workers", default=True, show_default=True,
-              help="Run the delivery workers in this process (else run `router worker`).")
+              help="--no-workers drops the delivery role (run `router worker` beside it).")
 @click.option("--sandbox", is_flag=True,
               help="Also run `router sandbox` in this process, so the demo delivers end to end.")
 @click.option("--sandbox-port", type=int, default=8765, show_default=True)
@@ -126,15 +130,24 @@ def explain(config_dir: str, source: str, account: str | None, environment: str 
               help="SO_REUSEPORT: run several `router serve --no-workers` on one port, one per "
                    "core, beside one `router worker`.")
 def serve(config_dir: str, store_url: str | None, host: str | None, port: int | None,
-          log_level: str, workers: bool, sandbox: bool, sandbox_port: int, watch: bool,
-          reuse_port: bool) -> None:
-    """Run the router service (ingest endpoints, pixel, admin API, delivery)."""
+          log_level: str, roles: str, workers: bool, sandbox: bool, sandbox_port: int,
+          watch: bool, reuse_port: bool) -> None:
+    """Run the router service (ingest endpoints, pixel, admin API, processing, delivery)."""
+    from router.server.runtime import parse_roles
     from router.server.serve import run
 
+    try:
+        chosen = parse_roles(roles)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--role") from None
+    if not workers:
+        chosen = chosen - {"delivery"}
+    if not chosen:
+        raise click.BadParameter("no role left to run", param_hint="--role")
     config = _load_or_exit(config_dir)
     try:
         run(config, store_url=store_url, host=host, port=port, log_level=log_level,
-            workers=workers, sandbox_port=sandbox_port if sandbox else None, watch=watch,
+            roles=chosen, sandbox_port=sandbox_port if sandbox else None, watch=watch,
             reuse_port=reuse_port)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -234,13 +247,24 @@ STORE = click.option("--store", "store_url", default=None,
 @STORE
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
-def worker(config_dir: str, store_url: str | None, log_level: str) -> None:
-    """Run only the delivery workers (beside `router serve --no-workers`)."""
+@click.option("--role", "roles", default="delivery", show_default=True,
+              help="processor and/or delivery: the stages after the acknowledgement, without "
+                   "an HTTP server (beside `router serve --role gateway` or --no-workers).")
+def worker(config_dir: str, store_url: str | None, log_level: str, roles: str) -> None:
+    """Run stages without HTTP: delivery (default) and/or the processor."""
+    from router.server.runtime import parse_roles
     from router.server.serve import run_workers
 
+    try:
+        chosen = parse_roles(roles)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--role") from None
+    if "gateway" in chosen:
+        raise click.BadParameter("the gateway needs HTTP: run it with `router serve --role "
+                                 "gateway`", param_hint="--role")
     config = _load_or_exit(config_dir)
     _check_store_url(config, store_url)
-    run_workers(config, store_url=store_url, log_level=log_level)
+    run_workers(config, store_url=store_url, log_level=log_level, roles=chosen)
 
 
 @main.command()

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from router.cli import main
 from router.config.model import CompiledConfig
-from router.pipeline.ingest import commit
+from router.pipeline.commit import commit
 from router.store.base import Outcome
 from router.store.sqlite import SQLiteStore
-from tests.test_group_commit import item
+from tests.items import item
 
 
 def seeded_store(config: CompiledConfig, path: Path) -> None:
@@ -24,11 +25,12 @@ def seeded_store(config: CompiledConfig, path: Path) -> None:
         results = await commit(store, config, [item(config, "op-1", "o-op-1"),
                                                item(config, "op-2", "o-op-2")])
         seqs = [r.seq for r in results]
+        now = time.time()
+        await store.claim_due({"webhook": 10}, now, "seed", 30)
         await store.record([
-            Outcome(seqs[0], "webhook", "dropped", 5, "2026-11-20T12:00:00.000Z", "webhook@2",
-                    last_error="gave up"),
-            Outcome(seqs[1], "webhook", "delivered", 1, "2026-11-20T12:00:00.000Z", "webhook@2"),
-        ], destination="webhook")
+            Outcome(seqs[0], "webhook", "dropped", True, "gave up"),
+            Outcome(seqs[1], "webhook", "delivered", True),
+        ], [], "seed", now)
         await store.pause("meta", "demo", "production", "HTTP 401: token expired")
         await store.close()
     asyncio.run(run())

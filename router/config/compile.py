@@ -36,6 +36,7 @@ from router.config.model import (
     FieldRule,
     IdentifierSpec,
     IngestSpec,
+    MergeSpec,
     ResponseRules,
     RouterSettings,
     SourceConnection,
@@ -276,7 +277,8 @@ def _compile_ingest(loaded: Loaded, data: dict[str, Any], issues: list[Issue]) -
         lookup=account.get("lookup"), lookup_header=account.get("lookup_header"),
         meta_headers=freeze(data.get("meta") or {}),
         read_cookies=freeze(cookies.get("read") or {}),
-        set_cookies=tuple(CookieSpec(**c) for c in cookies.get("set") or ()))
+        set_cookies=tuple(CookieSpec(**c) for c in cookies.get("set") or ()),
+        half=data.get("half"))
 
 
 def _compile_mapping(loaded: Loaded, canonical: dict[str, CanonicalEventDef],
@@ -432,7 +434,8 @@ def _compile_destination(loaded: Loaded, canonical: dict[str, CanonicalEventDef]
         max_events=int(batch.get("max_events", 1)),
         max_bytes=int(batch.get("max_bytes", 4_000_000)),
         rate_per_second=(data.get("rate_limit") or {}).get("per_second"),
-        concurrency=int(data.get("concurrency", 2)),
+        concurrency=int(data["concurrency"]) if "concurrency" in data else None,
+        linger_ms=float(batch["linger_ms"]) if "linger_ms" in batch else None,
         timeout_seconds=float(data.get("timeout_seconds", 10)),
         max_attempts=retry.get("max_attempts"), retry_base_seconds=retry.get("base_seconds"),
         retry_factor=float(retry.get("factor", 6)),
@@ -560,6 +563,7 @@ def _router_settings(data: dict[str, Any]) -> RouterSettings:
     store = data.get("store") or {}
     delivery = data.get("delivery") or {}
     alerts = data.get("alerts") or {}
+    pipeline = data.get("pipeline") or {}
     base = RouterSettings()
     retry_base = os.environ.get("ROUTER_RETRY_BASE_SECONDS")
     return RouterSettings(
@@ -584,7 +588,14 @@ def _router_settings(data: dict[str, Any]) -> RouterSettings:
         max_attempts=delivery.get("max_attempts", base.max_attempts),
         concurrency_per_destination=delivery.get("concurrency_per_destination",
                                                  base.concurrency_per_destination),
-        poll_interval_ms=delivery.get("poll_interval_ms", base.poll_interval_ms),
+        poll_interval_ms=delivery.get("poll_interval_ms"),
+        linger_ms=delivery.get("linger_ms", base.linger_ms),
+        partitions=pipeline.get("partitions", base.partitions),
+        processor_batch_events=pipeline.get("batch_events", base.processor_batch_events),
+        lease_seconds=pipeline.get("lease_seconds", base.lease_seconds),
+        wait_timeout_seconds=pipeline.get("wait_timeout_seconds", base.wait_timeout_seconds),
+        background_share=pipeline.get("background_share", base.background_share),
+        max_backlog_messages=pipeline.get("max_backlog_messages", base.max_backlog_messages),
         retention_days=data.get("retention_days", base.retention_days),
         admin_token=(data.get("admin") or {}).get("token") or None,
         alert_channels=freeze(alerts.get("channels") or []),
@@ -655,6 +666,12 @@ def check_config(root: str) -> tuple[CompiledConfig | None, list[Issue]]:
         valid[loaded.file] = not found and not any(i.severity == ERROR for i in loaded.issues)
         if kind in ("router", "account"):
             _check_secrets(loaded, issues)
+        if kind == "router" and isinstance(loaded.data, dict) and "poll_interval_ms" in (
+                loaded.data.get("delivery") or {}):
+            issues.append(loaded.issue(
+                ("delivery", "poll_interval_ms"), "delivery.poll_interval_ms has no effect: "
+                "delivery is woken by new work, it does not poll", severity=WARNING,
+                code="no-effect", hint="remove the key"))
         elif kind == "destination":
             _check_secrets(loaded, issues, names=False)
 
@@ -726,8 +743,15 @@ def check_config(root: str) -> tuple[CompiledConfig | None, list[Issue]]:
         identifier_variants=variants,
         mappings=MappingProxyType(mappings),
         destinations=MappingProxyType(destinations), accounts=MappingProxyType(accounts),
-        warnings=tuple(i for i in issues if i.severity == WARNING))
+        warnings=tuple(i for i in issues if i.severity == WARNING),
+        merge=_merge_spec(files.canonical.data))
     return config, issues
+
+
+def _merge_spec(data: dict[str, Any]) -> MergeSpec:
+    merge = data.get("merge") or {}
+    return MergeSpec(browser=tuple(tuple(p.split(".")) for p in merge.get("browser") or ()),
+                     server=tuple(tuple(p.split(".")) for p in merge.get("server") or ()))
 
 
 def load_config(root: str) -> CompiledConfig:

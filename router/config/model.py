@@ -123,6 +123,7 @@ class IngestSpec:
     meta_headers: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     read_cookies: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     set_cookies: tuple[CookieSpec, ...] = ()
+    half: str | None = None  # browser | server: which half of a merged purchase it brings
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ class Destination:
     max_events: int
     max_bytes: int
     rate_per_second: float | None
-    concurrency: int
+    concurrency: int | None  # None: delivery.concurrency_per_destination
     timeout_seconds: float
     max_attempts: int | None
     retry_base_seconds: float | None
@@ -244,6 +245,7 @@ class Destination:
     sandbox: Mapping[str, Any] | None
     definition: Mapping[str, Any]  # the whole frozen document
     file: str
+    linger_ms: float | None = None  # None: delivery.linger_ms
 
     @cached_property  # read per event and per Delivery; the parts never change
     def version_tag(self) -> str:
@@ -267,6 +269,19 @@ class ConsentConfig:
 
 
 @dataclass(frozen=True)
+class MergeSpec:
+    """What a browser half and a server half of one business action each bring.
+
+    An event of a canonical type with a `hold` waits up to that long for its other
+    half when its source brings one half, the account has a source of the other half,
+    and the event carries none of the other half's identifiers (dotted paths into the
+    event: `user_data.fbp`, `context.ip`)."""
+
+    browser: tuple[tuple[str, ...], ...] = ()
+    server: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     version: str = "1"
     host: str = "127.0.0.1"
@@ -286,7 +301,14 @@ class RouterSettings:
     retry_base_seconds: float = 300.0
     max_attempts: int = 5
     concurrency_per_destination: int = 4
-    poll_interval_ms: int = 50
+    poll_interval_ms: int | None = None  # no effect since delivery is event-driven
+    linger_ms: float = 0.0
+    partitions: int = 16
+    processor_batch_events: int = 500
+    lease_seconds: float = 30.0
+    wait_timeout_seconds: float = 30.0
+    background_share: float = 0.25
+    max_backlog_messages: int = 5_000_000
     retention_days: int = 90
     admin_token: str | None = None
     alert_channels: tuple[Mapping[str, Any], ...] = ()
@@ -308,6 +330,7 @@ class CompiledConfig:
     destinations: Mapping[str, Destination]
     accounts: Mapping[str, Account]
     warnings: tuple[Any, ...] = ()
+    merge: MergeSpec = MergeSpec()
 
     def account_env(self, account: str, environment: str) -> tuple[Account, Environment]:
         acc = self.accounts.get(account)

@@ -18,9 +18,8 @@ from router.delivery.render import (
     render_payload,
     secrets_of,
 )
-from router.pipeline.consent import decide
 from router.pipeline.event import Event
-from router.pipeline.routing import condition_reason, platform_name, skip_reason
+from router.pipeline.routing import decide_delivery
 
 PLACEHOLDER_TOKEN = "<oauth2 access token>"
 
@@ -28,17 +27,8 @@ PLACEHOLDER_TOKEN = "<oauth2 access token>"
 def preview(dest: Destination, conn: DestinationConnection, event: Event, body: dict[str, Any],
             now: float | None = None, *, masked: bool = False,
             access_token: str = PLACEHOLDER_TOKEN) -> dict[str, Any]:
-    skip = skip_reason(dest, event)
-    if skip:
-        return {"sent": False, "reason": skip}
-    name = platform_name(dest, conn, event, body)
-    if not name:
-        return {"sent": False, "reason": "not_listed"}
-    condition = condition_reason(dest, conn, event, name, body)
-    if condition:
-        return {"sent": False, "reason": condition}
-    decision = decide(event.consent or {}, dest.consent_requires, dest.tcf_vendor_id)
-    if not decision.allowed:
+    decision = decide_delivery(dest, conn, event, body)
+    if not decision.send:
         return {"sent": False, "reason": decision.reason}
     try:
         rendered = render_payload(dest, conn, 1, body, event.pii)

@@ -1,14 +1,16 @@
-"""Delivery workers: one per destination, each with its own HTTP session and limits.
+"""One destination's worker: render, batch, send (several requests in flight), classify.
 
-A worker follows the event log from its destination's cursor (the log is the queue:
-ingest wrote one row per event, no per-destination rows), renders and batches what
-is due per connection, sends, reads the answer with the destination's rules, and
-records every outcome together with the new cursor in one transaction. Deliveries
-that must wait — merge holds, retries, paused connections — become Delivery rows with
-a due time, and the same worker sends them when they come due.
+The delivery plane claims due deliveries and hands them over in memory; the worker
+groups them per connection (account and environment), renders each payload, packs
+batches within the destination's limits, and sends them with at most `concurrency`
+requests in flight and the platform's documented pace per connection, over one
+keep-alive connection pool. Each answer is read with the destination's rules and
+becomes outcomes, which the outcome writer commits together with every other
+destination's.
 
-Isolation: a hung or failing platform stalls only its own worker; every request has
-the destination's timeout, and nothing is shared between workers but the store.
+Isolation: a hung or failing platform stalls only its own worker (each request has the
+destination's timeout); an event whose payload or request cannot be built fails alone
+with its reason, and the rest of its batch goes on.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ import logging
 import os
 import random
 import time
-import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -40,13 +41,14 @@ from router.delivery.render import (
     secrets_of,
 )
 from router.expr.functions import iso_time, parse_time
-from router.pipeline.routing import QUEUED
-from router.store.base import Outcome, Store, StoredEvent
+from router.scheduling import Governor, Slicer
+from router.store.base import DueDelivery, Outcome, RequestExcerpt
+
+if TYPE_CHECKING:
+    from router.delivery.outcomes import OutcomeWriter
 
 log = logging.getLogger("router.delivery")
 
-CHUNK = 500
-LEASE_SECONDS = 30.0
 MAX_SPLIT_DEPTH = 12
 
 
@@ -56,12 +58,19 @@ def _now_iso(ts: float | None = None) -> str:
 
 @dataclass
 class Job:
-    """One delivery in flight: the stored event and the attempt count so far."""
+    """One claimed delivery in this process's memory until its outcome is written."""
 
-    event: StoredEvent
-    attempts: int
-    queued_at: str
+    due: DueDelivery
+    claimed_at: float
     rendered: Rendered | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.due.event.seq
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.due.event.row.body
 
 
 class RetryPolicy:
@@ -131,332 +140,374 @@ class TokenCache:
         self._tokens.pop((dest, account, environment), None)
 
 
+class Pauses:
+    """Paused connections, held in memory; the plane reloads them when they change."""
+
+    def __init__(self) -> None:
+        self.by_destination: dict[str, set[tuple[str, str]]] = defaultdict(set)
+
+    def replace(self, pairs: Sequence[tuple[str, str, str]]) -> None:
+        self.by_destination = defaultdict(set)
+        for destination, account, environment in pairs:
+            self.by_destination[destination].add((account, environment))
+
+    def paused(self, destination: str, account: str, environment: str) -> bool:
+        return (account, environment) in self.by_destination.get(destination, ())
+
+
+@dataclass
+class WorkerStats:
+    requests: int = 0
+    events_sent: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
 class DestinationWorker:
-    def __init__(self, name: str, store: Store, get_config: Callable[[], CompiledConfig],
-                 owner: str | None = None, poll_interval: float | None = None):
+    """Delivers one destination's claimed jobs; see the module docstring."""
+
+    def __init__(self, name: str, get_config: Callable[[], CompiledConfig],
+                 writer: OutcomeWriter, pauses: Pauses,
+                 pause: Callable[[str, str, str, str], Any], governor: Governor):
         self.name = name
-        self.store = store
         self.get_config = get_config
-        self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.poll = poll_interval if poll_interval is not None else \
-            get_config().settings.poll_interval_ms / 1000
+        self.writer = writer
+        self.pauses = pauses
+        self._pause_store = pause
+        self.governor = governor
         self.tokens = TokenCache()
+        self.stats = WorkerStats()
+        self.queue: deque[Job] = deque()
+        self.held: dict[int, Job] = {}  # claimed, outcome not yet committed
         self._session: aiohttp.ClientSession | None = None
-        self._paused: set[tuple[str, str]] = set()
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
         self._pacers: dict[tuple[str, str], Pacer] = {}
-        self._cursor: int | None = None  # our position, valid while we hold the lease
-        self._lease_until = 0.0
-        self.sent_requests = 0
+        self._arrived = asyncio.Event()
+        self._stopping = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
 
-    # --- lifecycle --------------------------------------------------------------------
+    # --- capacity -------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        dest = self.get_config().destinations[self.name]
-        timeout = aiohttp.ClientTimeout(total=dest.timeout_seconds)
-        connector = aiohttp.TCPConnector(limit=max(4, dest.concurrency * 2), keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
-        try:
-            while not self._stopping.is_set():
-                try:
-                    busy = await self.step()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("%s: delivery step failed; retrying", self.name)
-                    busy = False
-                if not busy:
-                    # new events in this process wake the worker at once; the poll is for
-                    # events written by other processes and for deliveries coming due
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.poll)
-                    self._wake.clear()
-        finally:
-            await self._session.close()
+    def _dest(self) -> Destination | None:
+        return self.get_config().destinations.get(self.name)
 
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
+    def concurrency(self, config: CompiledConfig, dest: Destination) -> int:
+        return dest.concurrency or config.settings.concurrency_per_destination
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    # --- one pass ---------------------------------------------------------------------
-
-    async def step(self) -> bool:
-        """Deliver what is new in the log, then what has come due. True if work was done."""
+    def capacity(self) -> int:
+        """How many jobs this worker holds at most: enough to fill every request slot
+        twice over, so claiming runs ahead of sending without hoarding."""
         config = self.get_config()
         dest = config.destinations.get(self.name)
         if dest is None:
-            return False
-        self._paused = {(p.account, p.environment) for p in await self.store.pauses()
-                        if p.destination == self.name}
-        did_new = await self._from_log(config, dest)
-        due = await self.store.claim_due(self.name, time.time(), CHUNK, LEASE_SECONDS)
-        if due:
-            # pauses as of now: a resume makes rows due in the same transaction that
-            # lifts the pause, so anything claimed here sees the lifted state
-            self._paused = {(p.account, p.environment) for p in await self.store.pauses()
-                            if p.destination == self.name}
-            jobs = [Job(d.event, d.attempts, d.queued_at) for d in due]
-            outcomes = await self._deliver(config, dest, jobs)
-            await self.store.record(outcomes, destination=self.name,
-                                    scrub=self._scrub(config, jobs))
-        return did_new or bool(due)
+            return 0
+        return max(100, 2 * dest.max_events * self.concurrency(config, dest))
 
-    async def _from_log(self, config: CompiledConfig, dest: Destination) -> bool:
-        now = time.time()
-        if self._cursor is not None and now < self._lease_until - LEASE_SECONDS / 2:
-            # our lease is good for a while: look (a read) before writing anything, so an
-            # idle router does not write to disk on every poll
-            cursor = self._cursor
-            if not await self.store.read_after(cursor, 1):
-                return False
-        else:
-            claimed = await self.store.claim_cursor(self.name, self.owner, LEASE_SECONDS)
-            if claimed is None:
-                self._cursor = None
-                return False  # another worker holds this destination
-            cursor, self._cursor, self._lease_until = claimed, claimed, now + LEASE_SECONDS
-        events = await self.store.read_after(cursor, CHUNK)
-        if not events:
-            return False
-        now = time.time()
-        jobs: list[Job] = []
-        waiting: list[Outcome] = []
-        for stored in events:
-            route = stored.row.routes.get(self.name)
-            if not route:
-                continue
-            version = dest.version_tag
-            key = (stored.row.account, stored.row.environment)
-            release = stored.row.release_at or 0.0
-            if dest.delay_seconds:
-                received = parse_time(stored.row.received_at)
-                if received is not None:
-                    release = max(release, received.timestamp() + dest.delay_seconds)
-            if release > now:
-                # held, whatever its routing says now: a merge may still change it, and
-                # the decision is read again when the hold ends
-                waiting.append(Outcome(stored.seq, self.name, "queued", 0, stored.row.received_at,
-                                       version, last_error="held: waiting to merge or for the "
-                                       "destination's delay", next_retry_at=_now_iso(release),
-                                       due_at=release))
-            elif route.get("status") != QUEUED:
-                continue
-            elif key in self._paused:
-                waiting.append(Outcome(stored.seq, self.name, "queued", 0, stored.row.received_at,
-                                       version, last_error="paused: credentials rejected"))
-            else:
-                jobs.append(Job(stored, 0, stored.row.received_at))
-        outcomes = await self._deliver(config, dest, jobs) if jobs else []
-        await self.store.record([*waiting, *outcomes], destination=self.name,
-                                cursor=events[-1].seq, owner=self.owner,
-                                scrub=self._scrub(config, jobs))
-        self._cursor = events[-1].seq
-        return True
+    def room(self) -> int:
+        return 0 if self._stopping else max(0, self.capacity() - len(self.held))
 
-    def _scrub(self, config: CompiledConfig, jobs: Sequence[Job]) -> dict[int, tuple[str, ...]]:
-        """Plaintext lives only while a plaintext destination's delivery is pending."""
-        out: dict[int, tuple[str, ...]] = {}
-        for job in jobs:
-            if job.event.row.pii:
-                plain = tuple(n for n, r in job.event.row.routes.items()
-                              if r.get("status") == QUEUED and n in config.destinations
-                              and config.destinations[n].plaintext_pii)
-                if plain:
-                    out[job.event.seq] = plain
-        return out
+    def enqueue(self, dues: Sequence[DueDelivery], now: float) -> None:
+        for due in dues:
+            if due.event.seq in self.held:
+                continue  # re-claimed while we still hold it (our own lease renewal raced)
+            job = Job(due, now)
+            self.held[due.event.seq] = job
+            self.queue.append(job)
+        if self.queue:
+            self._arrived.set()
 
-    # --- delivering a set of jobs ---------------------------------------------------------
+    def finished(self, seqs: Sequence[int]) -> None:
+        """Outcomes of these jobs are committed: they leave memory."""
+        for seq in seqs:
+            self.held.pop(seq, None)
 
-    async def _deliver(self, config: CompiledConfig, dest: Destination,
-                       jobs: list[Job]) -> list[Outcome]:
+    def held_since(self, before: float) -> list[int]:
+        return [seq for seq, job in self.held.items() if job.claimed_at < before]
+
+    def renewed(self, seqs: Sequence[int], now: float) -> None:
+        for seq in seqs:
+            job = self.held.get(seq)
+            if job is not None:
+                job.claimed_at = now
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        config = self.get_config()
+        dest = config.destinations[self.name]
+        concurrency = self.concurrency(config, dest)
+        self._slots = asyncio.Semaphore(concurrency)
+        timeout = aiohttp.ClientTimeout(total=dest.timeout_seconds)
+        connector = aiohttp.TCPConnector(limit=max(4, concurrency * 2), keepalive_timeout=60)
+        # redirects are not followed: a 3xx is the platform's answer, read by its rules
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        try:
+            while not self._stopping:
+                if not self.queue:
+                    self._arrived.clear()
+                    await self._arrived.wait()
+                    continue
+                await self._linger()
+                try:
+                    await self._dispatch()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug must not stop the destination: retry its jobs
+                    log.exception("%s: dispatching failed; the jobs are retried", self.name)
+                    await asyncio.sleep(1.0)
+        finally:
+            if self._inflight:
+                await asyncio.wait(self._inflight, timeout=dest.timeout_seconds + 1)
+            await self._session.close()
+
+    async def _linger(self) -> None:
+        """A destination that batches waits briefly for a fuller request."""
+        config = self.get_config()
+        dest = config.destinations.get(self.name)
+        if dest is None or dest.max_events <= 1:
+            return
+        linger = (dest.linger_ms if dest.linger_ms is not None else config.settings.linger_ms)
+        if linger <= 0 or len(self.queue) >= dest.max_events:
+            return
+        deadline = time.monotonic() + linger / 1000
+        while len(self.queue) < dest.max_events and not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    async def stop(self) -> list[int]:
+        """Stop taking jobs; let requests in flight finish. Returns the seqs of jobs
+        never sent, for the plane to hand back."""
+        self._stopping = True
+        self._arrived.set()
+        unsent = [job.seq for job in self.queue]
+        self.queue.clear()
+        return unsent
+
+    # --- one round --------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        config = self.get_config()
+        dest = config.destinations.get(self.name)
+        jobs = list(self.queue)
+        self.queue.clear()
+        if dest is None:  # removed by a reload: hand the jobs back undecided
+            await self.writer.submit([_outcome(job, self.name, "queued", due_at=time.time())
+                                      for job in jobs], None, self)
+            return
+        slicer = Slicer(self.governor)
         outcomes: list[Outcome] = []
         by_connection: dict[tuple[str, str], list[Job]] = defaultdict(list)
         for job in jobs:
-            route = job.event.row.routes.get(self.name) or {}
-            if route.get("status") != QUEUED:
-                # decided again after a merge (or re-routed): not for this destination
-                outcomes.append(self._final(dest, job, "dropped",
-                                            route.get("reason") or "no longer routed here"))
+            if job.due.drop_reason:  # decided while held: its hold ended without a partner
+                outcomes.append(_outcome(job, self.name, "dropped", job.due.drop_reason))
                 continue
-            by_connection[(job.event.row.account, job.event.row.environment)].append(job)
+            row = job.due.event.row
+            by_connection[(row.account, row.environment)].append(job)
         policy = RetryPolicy(config, dest)
-        limiter = asyncio.Semaphore(dest.concurrency)
-        tasks = []
         for (account, environment), group in by_connection.items():
             acc = config.accounts.get(account)
             env = acc.environments.get(environment) if acc else None
             conn = env.destinations.get(self.name) if env else None
             if conn is None or not conn.enabled:
-                outcomes += [self._final(dest, job, "dropped", "destination no longer enabled "
-                                         "for this account") for job in group]
+                outcomes += [_outcome(job, self.name, "dropped", "destination no longer enabled "
+                                      "for this account") for job in group]
                 continue
-            if (account, environment) in self._paused:
-                outcomes += [self._waiting(dest, job, "paused: credentials rejected")
+            if self.pauses.paused(self.name, account, environment):
+                outcomes += [_outcome(job, self.name, "queued", "paused: credentials rejected")
                              for job in group]
                 continue
             ready: list[Rendered] = []
-            by_seq = {job.event.seq: job for job in group}
+            by_seq: dict[int, Job] = {}
             for job in group:
                 try:
-                    job.rendered = render_payload(dest, conn, job.event.seq, job.event.row.body,
-                                                  job.event.row.pii)
+                    job.rendered = render_payload(dest, conn, job.seq, job.body,
+                                                  job.due.event.row.pii)
                     ready.append(job.rendered)
+                    by_seq[job.seq] = job
                 except RenderError as exc:
-                    outcomes.append(self._final(dest, job, "dropped", str(exc), attempts=1))
+                    outcomes.append(_outcome(job, self.name, "dropped", str(exc)))
+                except Exception as exc:  # anything else in one payload fails it alone
+                    log.exception("%s: rendering event %s failed", self.name, job.seq)
+                    outcomes.append(_outcome(job, self.name, "dropped",
+                                             f"rendering failed: {type(exc).__name__}: {exc}"))
+                await slicer.tick()
             for batch in batches(dest, ready):
-                tasks.append(self._send_batch(config, dest, conn, account, environment,
-                                              [by_seq[r.seq] for r in batch], policy, limiter))
-        for result in await asyncio.gather(*tasks):
-            outcomes += result
-        return outcomes
+                await self._start_send(config, dest, conn, account, environment,
+                                       [by_seq[r.seq] for r in batch], policy)
+        if outcomes:
+            await self.writer.submit(outcomes, None, self)
+
+    async def _start_send(self, config: CompiledConfig, dest: Destination,
+                          conn: DestinationConnection, account: str, environment: str,
+                          jobs: list[Job], policy: RetryPolicy) -> None:
+        assert self._slots is not None
+        await self._slots.acquire()  # at most `concurrency` requests in flight
+        task = asyncio.create_task(self._send_batch(config, dest, conn, account, environment,
+                                                    jobs, policy))
+        self._inflight.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._inflight.discard(t)
+            assert self._slots is not None
+            self._slots.release()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("%s: sending a batch failed", self.name, exc_info=t.exception())
+
+        task.add_done_callback(done)
 
     async def _send_batch(self, config: CompiledConfig, dest: Destination,
                           conn: DestinationConnection, account: str, environment: str,
-                          jobs: list[Job], policy: RetryPolicy, limiter: asyncio.Semaphore,
-                          depth: int = 0) -> list[Outcome]:
+                          jobs: list[Job], policy: RetryPolicy, depth: int = 0) -> None:
         assert self._session is not None
         try:
             token = await self.tokens.get(self._session, dest, conn, account, environment)
         except PermissionError as exc:  # the token endpoint refused the credentials
-            return await self._pause(dest, account, environment, jobs, f"auth: {exc}")
+            await self._pause(account, environment, jobs, f"auth: {exc}")
+            return
         except (aiohttp.ClientError, TimeoutError) as exc:  # unreachable: try again later
             verdict = Verdict(RETRY, f"token endpoint unreachable: {type(exc).__name__}: {exc}")
-            return [self._after(dest, job, i, verdict, policy, None, None)
-                    for i, job in enumerate(jobs)]
+            await self.writer.submit([self._after(job, i, verdict, policy, None)
+                                      for i, job in enumerate(jobs)], None, self)
+            return
         rendered = [job.rendered for job in jobs if job.rendered is not None]
-        request = build_request(dest, conn, rendered, [j.event.row.body for j in jobs],
-                                access_token=token)
-        async with limiter:
-            if dest.rate_per_second:
-                pacer = self._pacers.setdefault((account, environment),
-                                                Pacer(dest.rate_per_second))
-                await pacer.wait()
-            answer = await self._send(request)
-        self.sent_requests += 1
+        try:
+            request = build_request(dest, conn, rendered, [j.body for j in jobs],
+                                    access_token=token)
+        except Exception as exc:  # e.g. a template that fails on one event's values
+            await self._split_or_fail(config, dest, conn, account, environment, jobs, policy,
+                                      depth, f"building the request failed: "
+                                      f"{type(exc).__name__}: {exc}")
+            return
+        if dest.rate_per_second:
+            pacer = self._pacers.setdefault((account, environment), Pacer(dest.rate_per_second))
+            await pacer.wait()
+        answer = await self._send(request)
+        if answer.status == 0 and answer.error and answer.error.startswith("invalid request"):
+            # the HTTP client refused to send it (a control character in a header...)
+            await self._split_or_fail(config, dest, conn, account, environment, jobs, policy,
+                                      depth, answer.error)
+            return
+        self.stats.requests += 1
+        self.stats.events_sent += len(jobs)
+        self.stats.batch_sizes.append(len(jobs))
+        if len(self.stats.batch_sizes) > 1000:
+            del self.stats.batch_sizes[:500]
         verdict = classify(dest, answer, len(jobs))
         secrets = secrets_of(connection_settings(dest, conn), token)
-        excerpt_req = request.excerpt(secrets)
-        excerpt_resp = {"status": answer.status, "body": answer.body[:2048].decode(
-            "utf-8", "replace"), "error": answer.error, "elapsed_ms": round(answer.elapsed_ms, 1)}
+        excerpt = RequestExcerpt(self.name, _now_iso(), request.excerpt(secrets), {
+            "status": answer.status, "body": answer.body[:2048].decode("utf-8", "replace"),
+            "error": answer.error, "elapsed_ms": round(answer.elapsed_ms, 1)})
         if verdict.kind == AUTH:
             self.tokens.forget(dest.name, account, environment)
-            return await self._pause(dest, account, environment, jobs, verdict.message,
-                                     excerpt_req, excerpt_resp)
+            await self._pause(account, environment, jobs, verdict.message, excerpt,
+                              answer.elapsed_ms)
+            return
         if verdict.kind == PERMANENT and len(jobs) > 1 and depth < MAX_SPLIT_DEPTH:
             # isolate the bad event(s): each half is sent on its own
             half = len(jobs) // 2
-            left, right = await asyncio.gather(
+            await asyncio.gather(
                 self._send_batch(config, dest, conn, account, environment, jobs[:half],
-                                 policy, limiter, depth + 1),
+                                 policy, depth + 1),
                 self._send_batch(config, dest, conn, account, environment, jobs[half:],
-                                 policy, limiter, depth + 1))
-            return left + right
-        return [self._after(dest, job, index, verdict, policy, excerpt_req, excerpt_resp)
-                for index, job in enumerate(jobs)]
+                                 policy, depth + 1))
+            return
+        await self.writer.submit([self._after(job, index, verdict, policy, answer.elapsed_ms)
+                                  for index, job in enumerate(jobs)], excerpt, self)
+
+    async def _split_or_fail(self, config: CompiledConfig, dest: Destination,
+                             conn: DestinationConnection, account: str, environment: str,
+                             jobs: list[Job], policy: RetryPolicy, depth: int,
+                             reason: str) -> None:
+        if len(jobs) > 1 and depth < MAX_SPLIT_DEPTH:
+            half = len(jobs) // 2
+            await asyncio.gather(
+                self._send_batch(config, dest, conn, account, environment, jobs[:half], policy,
+                                 depth + 1),
+                self._send_batch(config, dest, conn, account, environment, jobs[half:], policy,
+                                 depth + 1))
+            return
+        log.warning("%s: event %s cannot be sent: %s", self.name,
+                    jobs[0].due.event.row.event_id if jobs else "?", reason)
+        await self.writer.submit([_outcome(job, self.name, "dropped", reason) for job in jobs],
+                                 None, self)
 
     async def _send(self, request: OutgoingRequest) -> Answer:
         assert self._session is not None
         started = time.perf_counter()
         try:
             async with self._session.request(request.method, request.url, data=request.body,
-                                             headers=request.headers) as response:
+                                             headers=request.headers,
+                                             allow_redirects=False) as response:
                 body = await response.read()
                 return Answer(response.status, dict(response.headers), body,
                               elapsed_ms=(time.perf_counter() - started) * 1000)
         except TimeoutError:
             return Answer(0, {}, b"", "timeout", (time.perf_counter() - started) * 1000)
+        except (ValueError, aiohttp.InvalidURL) as exc:
+            return Answer(0, {}, b"", f"invalid request: {type(exc).__name__}: {exc}",
+                          (time.perf_counter() - started) * 1000)
         except aiohttp.ClientError as exc:
             return Answer(0, {}, b"", f"{type(exc).__name__}: {exc}",
                           (time.perf_counter() - started) * 1000)
 
-    # --- outcomes ------------------------------------------------------------------------
+    # --- outcomes --------------------------------------------------------------------------
 
-    def _version(self, dest: Destination, job: Job) -> str:
-        return dest.version_tag  # the version that rendered this request
-
-    def _final(self, dest: Destination, job: Job, status: str, error: str | None,
-               attempts: int | None = None, request: Any = None, response: Any = None,
-               latency_ms: float | None = None) -> Outcome:
-        now = time.time()
-        return Outcome(job.event.seq, self.name, status,
-                       job.attempts if attempts is None else attempts, job.queued_at,
-                       self._version(dest, job), last_error=error, last_attempt_at=_now_iso(now),
-                       latency_ms=latency_ms, request=request, response=response)
-
-    def _waiting(self, dest: Destination, job: Job, reason: str, request: Any = None,
-                 response: Any = None) -> Outcome:
-        return Outcome(job.event.seq, self.name, "queued", job.attempts, job.queued_at,
-                       self._version(dest, job), last_error=reason, request=request,
-                       response=response, last_attempt_at=_now_iso() if request else None)
-
-    async def _pause(self, dest: Destination, account: str, environment: str, jobs: list[Job],
-                     reason: str, request: Any = None, response: Any = None) -> list[Outcome]:
-        """Bad credentials burn no attempts: the connection waits for `router resume`."""
-        if (account, environment) not in self._paused:
+    async def _pause(self, account: str, environment: str, jobs: list[Job], reason: str,
+                     excerpt: RequestExcerpt | None = None,
+                     elapsed_ms: float | None = None) -> None:
+        """Bad credentials: the connection waits for `router resume`; the attempt is in
+        the history, and a resume starts a new round of the retry policy."""
+        if not self.pauses.paused(self.name, account, environment):
             log.warning("%s: pausing %s/%s: %s", self.name, account, environment, reason)
-            await self.store.pause(self.name, account, environment, reason)
-            self._paused.add((account, environment))
-        return [self._waiting(dest, job, f"paused: {reason}", request, response) for job in jobs]
+            self.pauses.by_destination[self.name].add((account, environment))
+            await self._pause_store(self.name, account, environment, reason)
+        await self.writer.submit([_outcome(job, self.name, "queued", f"paused: {reason}",
+                                           attempted=excerpt is not None,
+                                           request_ref=0 if excerpt else None,
+                                           attempt_ms=elapsed_ms) for job in jobs],
+                                 excerpt, self)
 
-    def _after(self, dest: Destination, job: Job, index: int, verdict: Verdict,
-               policy: RetryPolicy, request: Any, response: Any) -> Outcome:
+    def _after(self, job: Job, index: int, verdict: Verdict, policy: RetryPolicy,
+               elapsed_ms: float | None) -> Outcome:
         now = time.time()
-        attempts = job.attempts + 1
+        ref = 0 if elapsed_ms is not None else None
         if verdict.kind == OK and index not in verdict.event_errors:
-            received = parse_time(job.event.row.received_at)
+            received = parse_time(job.due.event.row.received_at)
             latency = (now - received.timestamp()) * 1000 if received else None
-            return self._final(dest, job, "delivered", None, attempts, request, response,
-                               round(latency, 1) if latency is not None else None)
+            return _outcome(job, self.name, "delivered", None, attempted=True, request_ref=ref,
+                            attempt_ms=elapsed_ms,
+                            latency_ms=round(latency, 1) if latency is not None else None)
         if verdict.kind == OK:  # this event was rejected inside a successful request
-            return self._final(dest, job, "dropped", verdict.event_errors[index], attempts,
-                               request, response)
+            return _outcome(job, self.name, "dropped", verdict.event_errors[index],
+                            attempted=True, request_ref=ref, attempt_ms=elapsed_ms)
         if verdict.kind == PERMANENT:
-            return self._final(dest, job, "dropped", verdict.message, attempts, request, response)
+            return _outcome(job, self.name, "dropped", verdict.message, attempted=True,
+                            request_ref=ref, attempt_ms=elapsed_ms)
         assert verdict.kind == RETRY
+        attempts = job.due.round_attempts + 1
         if attempts >= policy.max_attempts:
-            return self._final(dest, job, "dropped", f"gave up after {attempts} attempts: "
-                               f"{verdict.message}", attempts, request, response)
+            return _outcome(job, self.name, "dropped", f"gave up after {attempts} attempts: "
+                            f"{verdict.message}", attempted=True, request_ref=ref,
+                            attempt_ms=elapsed_ms)
         due = now + policy.delay(attempts, verdict.retry_after)
-        return Outcome(job.event.seq, self.name, "failed", attempts, job.queued_at,
-                       self._version(dest, job), last_error=verdict.message,
-                       last_attempt_at=_now_iso(now), next_retry_at=_now_iso(due), due_at=due,
-                       request=request, response=response)
+        return _outcome(job, self.name, "failed", verdict.message, attempted=True,
+                        request_ref=ref, attempt_ms=elapsed_ms, due_at=due,
+                        next_retry_at=_now_iso(due))
 
 
-class Workers:
-    """All destination workers of one process."""
+def _outcome(job: Job, destination: str, status: str, error: str | None = None, *,
+             attempted: bool = False, request_ref: int | None = None,
+             attempt_ms: float | None = None, latency_ms: float | None = None,
+             due_at: float | None = None, next_retry_at: str | None = None) -> Outcome:
+    return Outcome(job.seq, destination, status, attempted, error=error, due_at=due_at,
+                   next_retry_at=next_retry_at, latency_ms=latency_ms,
+                   request_ref=request_ref if attempted else None,
+                   attempt_ms=round(attempt_ms, 1) if attempt_ms is not None else None)
 
-    def __init__(self, store: Store, get_config: Callable[[], CompiledConfig]):
-        self.store = store
-        self.get_config = get_config
-        self.workers: dict[str, DestinationWorker] = {}
-        self.tasks: dict[str, asyncio.Task[None]] = {}
 
-    def start(self) -> None:
-        self.sync()
+def plaintext_destinations(config: CompiledConfig) -> frozenset[str]:
+    return frozenset(n for n, d in config.destinations.items() if d.plaintext_pii)
 
-    def sync(self) -> None:
-        """Start workers for destinations that appeared (after a reload)."""
-        for name in self.get_config().destinations:
-            if name not in self.workers:
-                worker = DestinationWorker(name, self.store, self.get_config)
-                self.workers[name] = worker
-                self.tasks[name] = asyncio.create_task(worker.run(), name=f"deliver-{name}")
-
-    def notify(self) -> None:
-        """Events were committed: every worker looks at the log now."""
-        for worker in self.workers.values():
-            worker.wake()
-
-    async def stop(self) -> None:
-        for worker in self.workers.values():
-            worker.stop()
-        if self.tasks:
-            await asyncio.wait(self.tasks.values(), timeout=15)
-        for task in self.tasks.values():
-            if not task.done():
-                task.cancel()

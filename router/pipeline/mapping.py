@@ -75,6 +75,32 @@ def lookup_name(mapping: SourceMapping, message: Any) -> str | None:
     return to_str(name) if name is not None else None
 
 
+def _event_id_rule(rules: tuple[FieldRule, ...]) -> FieldRule | None:
+    return next((r for r in rules if r.path == ("event_id",)), None)
+
+
+def event_id_of(mapping: SourceMapping, message: dict[str, Any]) -> str:
+    """The event id `map_message` gives this message, computed alone: the gateway
+    answers with it and checks exact retries by it before anything else is mapped."""
+    name = lookup_name(mapping, message)
+    rule = mapping.rules.get(name) if name is not None else None
+    fields = rule.fields if rule else mapping.default_fields
+    id_rule = _EVENT_ID_RULES.get(id(fields))
+    if id_rule is None:
+        id_rule = _EVENT_ID_RULES[id(fields)] = (_event_id_rule(fields), fields)
+    value = None
+    if id_rule[0] is not None and id_rule[0].expr is not None:
+        try:
+            value = id_rule[0].expr.unchecked(message)
+        except SEARCH_ERRORS:
+            value = None
+    return to_str(value) or derived_event_id(mapping.source, message)
+
+
+# fields tuple id -> (its event_id rule, the tuple itself: holding it keeps the id unique)
+_EVENT_ID_RULES: dict[int, tuple[FieldRule | None, tuple[FieldRule, ...]]] = {}
+
+
 def map_message(mapping: SourceMapping, message: dict[str, Any], *, account: str,
                 environment: str, received_at: str) -> Event:
     name = lookup_name(mapping, message)

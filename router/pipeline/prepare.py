@@ -34,12 +34,16 @@ class Prepared:
 
 
 def prepare(config: CompiledConfig, mapping: SourceMapping, account: Account, environment: str,
-            message: Any, received_at: str) -> Prepared:
+            message: Any, received_at: str, *, screened: bool = False,
+            routed: bool = True) -> Prepared:
+    """`screened`: the gateway already screened the message for card numbers;
+    `routed=False`: stage 2 routes later, over the enriched and merged event."""
     if not isinstance(message, dict):
         return Prepared(None, Rejection("invalid_event", "an event must be a JSON object"))
-    pan = check_pan(message)
-    if pan is not None:
-        return Prepared(None, pan)
+    if not screened:
+        pan = check_pan(message)
+        if pan is not None:
+            return Prepared(None, pan)
     event = map_message(mapping, message, account=account.name, environment=environment,
                         received_at=received_at)
     if event.status == MAPPED:
@@ -55,5 +59,5 @@ def prepare(config: CompiledConfig, mapping: SourceMapping, account: Account, en
     event = event.evolve(consent=normalize_consent(
         event.consent, config.consent, gpc=bool(event.context.get("gpc")), region=region))
     idempotency = mapping.ingest.idempotency.search(message) if mapping.ingest.idempotency else None
-    return Prepared(event, None, route(config, env, event),
+    return Prepared(event, None, route(config, env, event) if routed else None,
                     str(idempotency) if idempotency not in (None, "") else None)

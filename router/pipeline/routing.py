@@ -7,6 +7,7 @@ gets a `dropped` Delivery with the reason — recorded, never silently missing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from router.config.model import CompiledConfig, Destination, DestinationConnection, Environment
@@ -72,8 +73,41 @@ def condition_reason(dest: Destination, conn: DestinationConnection, event: Even
     return None
 
 
+@dataclass(frozen=True)
+class DeliveryDecision:
+    """Whether one destination takes one event, and if not, why (`cause`: not_listed,
+    consent, send_if — the categories operators count drops by)."""
+
+    send: bool
+    platform_event: str | None = None
+    reason: str | None = None
+    cause: str | None = None
+
+
+def decide_delivery(dest: Destination, conn: DestinationConnection, event: Event,
+                    body: dict[str, Any]) -> DeliveryDecision:
+    """The one decision routing stores and `router explain` previews: listed, templated
+    name, consent (first: a merge can never change it, so its drop is final at once),
+    then send_if."""
+    skip = skip_reason(dest, event)
+    if skip:
+        return DeliveryDecision(False, reason=skip, cause="not_listed")
+    name = platform_name(dest, conn, event, body)
+    if not name:
+        return DeliveryDecision(False, reason="not_listed", cause="not_listed")
+    decision = decide(event.consent, dest.consent_requires, dest.tcf_vendor_id)
+    if not decision.allowed:
+        return DeliveryDecision(False, name, decision.reason, "consent")
+    condition = condition_reason(dest, conn, event, name, body)
+    if condition:
+        return DeliveryDecision(False, name, condition, "send_if")
+    return DeliveryDecision(True, name)
+
+
 def route(config: CompiledConfig, env: Environment, event: Event) -> dict[str, dict[str, Any]]:
-    """destination -> {status: queued|dropped, reason?, version} for each Delivery owed."""
+    """destination -> {status: queued|dropped, reason?, cause?, version} for each Delivery
+    owed (destinations that do not list the event, or are configured off for it, take
+    none)."""
     routes: dict[str, dict[str, Any]] = {}
     body: dict[str, Any] | None = None
     for name, conn in env.destinations.items():
@@ -82,16 +116,13 @@ def route(config: CompiledConfig, env: Environment, event: Event) -> dict[str, d
             continue
         if body is None:
             body = event.to_dict()
-        platform_event = platform_name(dest, conn, event, body)
-        if not platform_event:
-            continue  # configured off for this account: not listed
+        decision = decide_delivery(dest, conn, event, body)
+        if decision.cause == "not_listed":
+            continue
         version = dest.version_tag
-        reason = condition_reason(dest, conn, event, platform_event, body)
-        if reason is None:
-            decision = decide(event.consent, dest.consent_requires, dest.tcf_vendor_id)
-            reason = None if decision.allowed else decision.reason
-        routes[name] = {"status": DROPPED, "reason": reason, "version": version} if reason \
-            else {"status": QUEUED, "version": version}
+        routes[name] = {"status": QUEUED, "version": version} if decision.send else \
+            {"status": DROPPED, "reason": decision.reason, "cause": decision.cause,
+             "version": version}
     return routes
 
 

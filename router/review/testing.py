@@ -33,7 +33,7 @@ from router.config.yamlload import load_yaml_file
 from router.delivery.preview import preview
 from router.expr.functions import iso_time, parse_time
 from router.expr.jmes import ExprError, compile_expr
-from router.pipeline.ingest import Item, commit
+from router.pipeline.commit import Item, commit
 from router.pipeline.mapping import split_messages
 from router.pipeline.prepare import prepare
 from router.store.sqlite import SQLiteStore
@@ -130,11 +130,11 @@ async def _run_case(config: CompiledConfig, case: dict[str, Any], base: Path,
             prepared, _ = _prepare_all(config, prior, base, *(_account_env(config, prior) if
                                        prior.get("account") else (account, environment)),
                                        received_at)
-            items = [Item(p.event, p.routes or {}, p.idempotency_key) for p in prepared
+            items = [Item(p.event, p.idempotency_key) for p in prepared
                      if p.rejection is None and p.event is not None]
             await commit(store, config, items, now=now)
         prepared, _ = _prepare_all(config, case, base, account, environment, received_at)
-        items = [Item(p.event, p.routes or {}, p.idempotency_key) for p in prepared
+        items = [Item(p.event, p.idempotency_key) for p in prepared
                  if p.rejection is None and p.event is not None]
         stored = iter(await commit(store, config, items, now=now))
         outputs = []
@@ -149,7 +149,7 @@ async def _run_case(config: CompiledConfig, case: dict[str, Any], base: Path,
                 out["reason"] = result.reason
             if result.seq is not None:
                 # the stored event: for a duplicate, the first arrival it merged into
-                [event] = await store.read_after(result.seq - 1, 1)
+                event = (await store.events_by_seq([result.seq]))[result.seq]
                 out["event"] = _event_view(config, event.row.body, case)
                 if result.status != "duplicate":
                     out["destinations"] = _destinations(config, case, account, environment,

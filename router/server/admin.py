@@ -68,7 +68,9 @@ async def get_event(request: web.Request) -> web.Response:
     found = await store.get_events(request.match_info["event_id"], request.query.get("account"))
     if not found:
         raise HttpError(404, "not_found", "no event with that event_id")
-    deliveries = await store.deliveries_for([s.seq for s in found])
+    seqs = [s.seq for s in found]
+    deliveries = await store.deliveries_for(seqs)
+    history = await store.attempts_for(seqs)
     out = []
     for stored in found:
         row = stored.row
@@ -83,7 +85,11 @@ async def get_event(request: web.Request) -> web.Response:
             "dedup": {k: v for k, v in row.evidence.items() if k != "identity"},
             "identity": identity,
             "release_at": row.release_at,
-            "deliveries": [_delivery_json(d) for d in deliveries if d.event_seq == stored.seq],
+            **({"raw": row.raw} if row.raw is not None else {}),
+            "deliveries": [{**_delivery_json(d), "history": [
+                {k: v for k, v in asdict(a).items() if v is not None}
+                for a in history.get((d.event_seq, d.destination), [])]}
+                for d in deliveries if d.event_seq == stored.seq],
         })
     return json_response(out[0] if len(out) == 1 else {"matches": out})
 

@@ -126,7 +126,8 @@ async def collect(request: web.Request) -> web.Response:
     if request.headers.get("Sec-GPC", "").strip() == "1":
         meta["gpc"] = True
     meta = {k: v for k, v in meta.items() if v is not None}
-    response = await process(runtime, config, mapping, cand, messages, meta, datetime.now(UTC))
+    response = await process(runtime, config, mapping, cand, messages, meta, datetime.now(UTC),
+                             request)
     for key, value in _cors(origin or "").items():
         response.headers[key] = value
     max_age = settings.cookie_max_age_days * 86400

@@ -1,9 +1,10 @@
 """Ingest endpoints: the Segment-compatible tracking API and signed webhooks.
 
 Each request: read (size limits, gzip), parse, authenticate (the source's schemes
-from its mapping file), split into messages, prepare each (map, guard, identity,
-consent, routing), then hand the valid ones to the group committer and answer only
-after they are durable. A bad event is rejected alone; the good ones are stored.
+from its mapping file), split into messages, and hand them to the gateway, which
+screens each, appends the good ones to the inbox durably and answers per message
+(stage 1). A bad event is rejected alone; the good ones are stored. Stage 2 (mapping,
+dedup, routing) runs after the answer.
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from router.config.model import CompiledConfig, SourceMapping
 from router.expr.functions import iso_time, parse_time
-from router.pipeline.ingest import Item
+from router.gateway.accept import accept
 from router.pipeline.mapping import split_messages
-from router.pipeline.prepare import prepare
 from router.server.http import (
     HttpError,
     check_content_type,
@@ -45,50 +44,28 @@ TRACKING_TYPES = ("track", "identify", "page", "screen", "alias", "group")
 
 async def process(runtime: Runtime, config: CompiledConfig, mapping: SourceMapping,
                   cand: Candidate, messages: list[Any], meta: dict[str, Any],
-                  received: datetime) -> web.Response:
-    """Prepare every message, store the valid ones, answer one result per event."""
+                  received: datetime, request: web.Request | None = None) -> web.Response:
+    """Acknowledge the request's messages (stage 1) and answer one result per event."""
     settings = config.settings
     if len(messages) > settings.max_batch_events:
         raise HttpError(413, "batch_too_large", f"{len(messages)} events exceed the limit of "
                         f"{settings.max_batch_events} per request")
-    account = config.accounts[cand.account]
-    received_at = iso_time(received) or ""
-    results: list[dict[str, Any] | None] = [None] * len(messages)
-    items: list[Item] = []
-    positions: list[int] = []
-    for index, message in enumerate(messages):
-        if isinstance(message, dict):
-            if len(orjson.dumps(message)) > settings.max_event_bytes:
-                results[index] = _rejected(message, "event_too_large",
-                                           f"event exceeds {settings.max_event_bytes} bytes")
-                continue
-            message = {**message, "_meta": {**meta, "received_at": received_at}}
-        prepared = prepare(config, mapping, account, cand.environment, message, received_at)
-        if prepared.rejection is not None:
-            results[index] = _rejected(message, prepared.rejection.code,
-                                       prepared.rejection.message, prepared.event)
-            continue
-        assert prepared.event is not None
-        items.append(Item(prepared.event, prepared.routes or {}, prepared.idempotency_key))
-        positions.append(index)
-    stored = await runtime.committer.submit(items) if items else []
-    for index, result in zip(positions, stored, strict=True):
-        results[index] = result.to_json()
-    runtime.metrics.count_results(mapping.source, results)
-    final = [r for r in results if r is not None]
-    rejected = [r for r in final if r["status"] == "rejected"]
-    if final and len(rejected) == len(final):
-        first = rejected[0]
-        return json_response({"error": {"code": first["code"], "message": first["reason"]},
-                              "results": final}, 422)
-    return json_response({"results": final})
+    runtime.check_backlog()
+    wait = request is not None and wants_wait(request)
+    answer = await accept(config, runtime.appender, runtime.waiters, mapping, cand.account,
+                          cand.environment, messages, meta, iso_time(received) or "", wait)
+    runtime.metrics.count_results(mapping.source, answer.results)
+    return json_response(answer.body, answer.status)
 
 
-def _rejected(message: Any, code: str, reason: str, event: Any = None) -> dict[str, Any]:
-    event_id = getattr(event, "event_id", None)
-    if event_id is None and isinstance(message, dict):
-        event_id = message.get("messageId") or message.get("event_id") or message.get("id")
-    return {"event_id": event_id, "status": "rejected", "code": code, "reason": reason}
+def wants_wait(request: web.Request) -> bool:
+    """`?wait=true` or `X-Router-Wait: true`: answer with stage 2's decision."""
+    value = request.query.get("wait") or request.headers.get("X-Router-Wait") or ""
+    if value.lower() in ("", "0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise HttpError(400, "invalid_parameter", f"wait={value!r}: use true or false")
 
 
 def request_meta(request: web.Request, config: CompiledConfig,
@@ -191,7 +168,7 @@ async def tracking_api(request: web.Request) -> web.Response:
         messages = [{**m, "context": {**document["context"], **(m.get("context") or {})}}
                     if isinstance(m, dict) else m for m in messages]
     return await process(runtime, config, mapping, cand, messages,
-                         request_meta(request, config, mapping), received)
+                         request_meta(request, config, mapping), received, request)
 
 
 # --- signed webhooks ---------------------------------------------------------------
@@ -233,7 +210,7 @@ async def webhook(request: web.Request) -> web.Response:
     document = parse_json(body)
     messages = split_messages(mapping, document)
     return await process(runtime, config, mapping, cand, messages,
-                         request_meta(request, config, mapping), received)
+                         request_meta(request, config, mapping), received, request)
 
 
 def add_routes(app: web.Application) -> None:

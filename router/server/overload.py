@@ -30,13 +30,14 @@ async def shed_load(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     runtime: Runtime = request.app["runtime"]
     limit = runtime.config.settings.max_inflight_requests
-    if runtime.ingest_in_flight >= limit:
-        runtime.metrics.shed.inc()
+    governor = runtime.governor
+    if governor.in_flight >= limit:
+        runtime.metrics.shed.labels("in_flight").inc()
         raise HttpError(503, "overloaded",
                         f"{limit} ingest requests are already in progress; retry shortly",
                         headers={"Retry-After": "1"})
-    runtime.ingest_in_flight += 1
+    governor.in_flight += 1  # also tells background work that the gateway is busy
     try:
         return await handler(request)
     finally:
-        runtime.ingest_in_flight -= 1
+        governor.in_flight -= 1

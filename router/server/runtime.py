@@ -1,10 +1,14 @@
-"""What a running service holds: the current compiled config, the store, the group
-committer and the metrics. The config is swapped whole on reload; requests read it
-once at their start, so in-flight requests finish on the config they began with."""
+"""What a running service holds: the current compiled config, the store, and the parts of
+the flow this process runs — the gateway (inbox appender, waiters), the processor,
+the delivery plane — sharing one loop through the governor. The config is swapped
+whole on reload; requests read it once at their start, so in-flight requests finish on
+the config they began with.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -12,16 +16,34 @@ from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from router.config.compile import check_config
 from router.config.issues import ERROR, format_issues
 from router.config.model import CompiledConfig
-from router.delivery.worker import Workers
-from router.pipeline.ingest import GroupCommitter
+from router.delivery.plane import DeliveryPlane, new_owner
+from router.gateway.appender import Appender
+from router.gateway.waiters import Waiters
+from router.pipeline.commit import Result
+from router.pipeline.processor import Processor
 from router.pipeline.routing import clear_caches
+from router.scheduling import Governor
+from router.server.http import HttpError
 from router.server.ratelimit import RateLimiter
-from router.store.base import Store
+from router.store.base import InboxRow, Store
+
+log = logging.getLogger("router.reload")
+ROLES = ("gateway", "processor", "delivery")
+HOUSEKEEPING_SECONDS = 600.0
+
+
+def parse_roles(text: str) -> frozenset[str]:
+    roles = frozenset(r.strip() for r in text.split(",") if r.strip())
+    unknown = roles - set(ROLES)
+    if unknown or not roles:
+        raise ValueError(f"unknown role(s) {', '.join(sorted(unknown)) or '(none)'}: "
+                         f"choose from {', '.join(ROLES)}")
+    return roles
 
 
 def _snapshot(root: str) -> dict[str, float]:
@@ -41,13 +63,18 @@ def _snapshot(root: str) -> dict[str, float]:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.events = Counter("router_events_total", "Events received, by source and outcome",
+        self.events = Counter("router_events_total",
+                              "Events answered by the gateway, by source and status",
                               ["source", "status"], registry=self.registry)
+        self.processed = Counter("router_processed_total",
+                                 "Events decided by the processor (stage 2), by source, status "
+                                 "and rejection code", ["source", "status", "code"],
+                                 registry=self.registry)
         self.requests = Histogram("router_request_seconds", "Ingest request latency",
                                   ["endpoint", "code"], registry=self.registry,
                                   buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
         self.shed = Counter("router_requests_shed_total",
-                            "Ingest requests answered 503 overloaded (max_inflight_requests)",
+                            "Ingest requests answered 503 overloaded", ["reason"],
                             registry=self.registry)
 
     def count_results(self, source: str, results: Sequence[dict[str, Any] | None]) -> None:
@@ -56,41 +83,92 @@ class Metrics:
                 self.events.labels(source, result["status"]).inc()
 
 
-class _CommitterCollector:
-    """Exposes how many events each group-commit transaction carried."""
+class _PipelineCollector:
+    """The pipeline's own counters, read when /metrics is scraped."""
 
-    def __init__(self, committer: GroupCommitter):
-        self.committer = committer
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
 
     def collect(self) -> Any:
-        yield CounterMetricFamily("router_group_commit_transactions",
-                                  "Store transactions written by the group committer",
-                                  value=self.committer.transactions)
-        yield CounterMetricFamily("router_group_commit_events",
-                                  "Events written by the group committer",
-                                  value=self.committer.committed_events)
-
-
-log = logging.getLogger("router.reload")
+        rt = self.runtime
+        if rt.appender is not None:
+            yield CounterMetricFamily("router_inbox_transactions",
+                                      "Inbox append transactions (group commits)",
+                                      value=rt.appender.transactions)
+            yield CounterMetricFamily("router_inbox_messages",
+                                      "Messages appended to the inbox",
+                                      value=rt.appender.appended_messages)
+        if rt.processor is not None:
+            yield CounterMetricFamily("router_processor_batches",
+                                      "Processor transactions", value=rt.processor.stats.batches)
+            yield GaugeMetricFamily("router_processor_lag_seconds",
+                                    "Acknowledgement to decision, for the last batch",
+                                    value=rt.processor.stats.last_lag_seconds)
+        yield GaugeMetricFamily("router_inbox_backlog_messages",
+                                "Acknowledged messages not yet processed (estimate)",
+                                value=rt.backlog())
+        if rt.plane is not None:
+            yield CounterMetricFamily("router_delivery_claims",
+                                      "Claim transactions of the delivery plane",
+                                      value=rt.plane.claims)
+            yield CounterMetricFamily("router_delivery_outcome_transactions",
+                                      "Outcome group commits", value=rt.plane.writer.transactions)
 
 
 class Runtime:
-    def __init__(self, config: CompiledConfig, store: Store, *, workers: bool = True):
+    def __init__(self, config: CompiledConfig, store: Store, *,
+                 roles: frozenset[str] = frozenset(ROLES)):
         self._config = config
         self.store = store
+        self.roles = roles
         s = config.settings
-        self.committer = GroupCommitter(store, lambda: self._config, s.group_commit_max_events,
-                                        s.group_commit_max_wait_ms, on_commit=self._committed)
+        self.owner = new_owner()
+        self.governor = Governor(s.background_share)
         self.metrics = Metrics()
-        self.metrics.registry.register(_CommitterCollector(self.committer))
+        self.metrics.registry.register(_PipelineCollector(self))
         self.pixel_limiter = RateLimiter(s.pixel_rate_limit_per_minute)
-        self.workers = Workers(store, lambda: self._config) if workers else None
+        self.appender = Appender(store, lambda: self._config.settings.dedup_window_seconds,
+                                 s.group_commit_max_events) if "gateway" in roles else None
+        self.waiters = Waiters(store)
+        self.processor = Processor(store, lambda: self._config, self.owner, self.governor,
+                                   on_results=self._processed) if "processor" in roles else None
+        self.plane = DeliveryPlane(store, lambda: self._config, self.owner, self.governor) \
+            if "delivery" in roles else None
         self.started_at = time.time()
-        self.ingest_in_flight = 0  # requests inside the ingest handlers (load shedding)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._backlog_seen = (0, 0.0)  # (store's inbox depth, when read) for split roles
+        self._backlog_left = 0  # inbox rows an earlier run left behind
 
-    def _committed(self) -> None:
-        if self.workers is not None:
-            self.workers.notify()
+    # --- callbacks between the stages ---------------------------------------------------
+
+    def _processed(self, row: InboxRow, results: list[Result]) -> None:
+        answers = [{"position": i, **r.to_json()} for i, r in enumerate(results)]
+        self.waiters.resolve(row.id, answers)
+        for result in results:
+            self.metrics.processed.labels(row.source, result.status, result.code or "").inc()
+
+    def backlog(self) -> int:
+        """Acknowledged messages not yet processed, as well as this process knows."""
+        if self.appender is not None and self.processor is not None:
+            return max(0, self.appender.appended_messages + self._backlog_left
+                       - self.processor.stats.messages)
+        return self._backlog_seen[0]
+
+    def check_backlog(self) -> None:
+        """Shed ingest only when the durable backlog is beyond its bound: a burst is
+        absorbed by the inbox, a processor that is down for hours is not."""
+        limit = self._config.settings.max_backlog_messages
+        if limit and self.backlog() >= limit:
+            self.metrics.shed.labels("backlog").inc()
+            raise HttpError(503, "overloaded", f"{self.backlog()} acknowledged events are "
+                            "waiting to be processed; retry shortly",
+                            headers={"Retry-After": "5"})
+
+    # --- config ---------------------------------------------------------------------------
+
+    @property
+    def ingest_in_flight(self) -> int:
+        return self.governor.in_flight
 
     @property
     def config(self) -> CompiledConfig:
@@ -114,12 +192,15 @@ class Runtime:
             return False
         old = self._config
         clear_caches()
-        if (config.settings.store_url, config.settings.port, config.settings.host) != (
-                old.settings.store_url, old.settings.port, old.settings.host):
-            log.warning("%s: store, host and port changes take effect on restart", reason)
+        if (config.settings.store_url, config.settings.port, config.settings.host,
+                config.settings.partitions) != (old.settings.store_url, old.settings.port,
+                                                old.settings.host, old.settings.partitions):
+            log.warning("%s: store, host, port and partition changes take effect on restart",
+                        reason)
+            config = _keep_restart_settings(config, old)
         self._config = config
-        if self.workers is not None:
-            self.workers.sync()
+        if self.plane is not None:
+            self.plane.sync()
         resumed = await self.store.resume()
         log.info("%s: config %s -> %s%s", reason, old.config_hash, config.config_hash,
                  f" ({resumed} paused connection(s) resumed)" if resumed else "")
@@ -135,14 +216,72 @@ class Runtime:
                 last = current
                 await self.reload("file change")
 
+    # --- lifecycle ------------------------------------------------------------------------
+
     async def start(self) -> None:
         await self.store.open()
-        self.committer.start()
-        if self.workers is not None:
-            self.workers.start()
+        if self.appender is not None:
+            self.appender.start()
+        self.waiters.start()
+        if self.processor is not None:
+            self._tasks.append(asyncio.create_task(self.processor.run(), name="processor"))
+            self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+            self._backlog_left, _ = await self.store.inbox_depth()
+        if self.plane is not None:
+            self.plane.start()
+        # other processes (another role, the CLI's replay and resume) commit to the same
+        # store: notice them — often when roles are split, rarely otherwise
+        interval = 0.02 if self.roles != frozenset(ROLES) else 0.5
+        self._tasks.append(asyncio.create_task(self.store.watch_external(interval),
+                                               name="store-watch"))
+        if self.processor is None and self.appender is not None:
+            self._tasks.append(asyncio.create_task(self._watch_backlog(), name="backlog"))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                removed = await self.store.expire(time.time(),
+                                                  self._config.settings.dedup_window_seconds)
+                log.debug("housekeeping: %d expired keys and decisions removed", removed)
+            except Exception:
+                log.exception("housekeeping failed")
+
+    async def _watch_backlog(self) -> None:
+        while True:
+            depth, _ = await self.store.inbox_depth()
+            self._backlog_seen = (depth, time.time())
+            await asyncio.sleep(2.0)
 
     async def stop(self) -> None:
-        await self.committer.stop()  # everything acknowledged is written first
-        if self.workers is not None:
-            await self.workers.stop()
+        """In order: acknowledged requests are written, the processor finishes its batch
+        and gives its partitions back, deliveries in flight finish and every claim is
+        handed back, then the store closes."""
+        if self.appender is not None:
+            await self.appender.stop()
+        if self.processor is not None:
+            self.processor.stop()
+        for task in self._tasks:
+            if task.get_name() != "processor":
+                task.cancel()
+        processor_task = next((t for t in self._tasks if t.get_name() == "processor"), None)
+        if processor_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(processor_task, 30)
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.plane is not None:
+            await self.plane.stop()
+        self.waiters.stop()
+        await self.store.release_leases(self.owner)
         await self.store.close()
+
+
+def _keep_restart_settings(config: CompiledConfig, old: CompiledConfig) -> CompiledConfig:
+    from dataclasses import replace
+
+    settings = replace(config.settings, store_url=old.settings.store_url,
+                       port=old.settings.port, host=old.settings.host,
+                       partitions=old.settings.partitions)
+    return replace(config, settings=settings)

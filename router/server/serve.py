@@ -16,7 +16,7 @@ from aiohttp import web
 from router.config.model import CompiledConfig
 from router.delivery.sandbox import build_sandbox_app
 from router.server.app import build_app
-from router.server.runtime import Runtime
+from router.server.runtime import ROLES, Runtime
 from router.store import open_store
 
 log = logging.getLogger("router.serve")
@@ -64,20 +64,21 @@ def _reload_context(runtime: Runtime, watch: bool) -> Any:
 
 
 def run(config: CompiledConfig, *, store_url: str | None = None, host: str | None = None,
-        port: int | None = None, log_level: str = "INFO", workers: bool = True,
-        sandbox_port: int | None = None, watch: bool = False, reuse_port: bool = False) -> None:
+        port: int | None = None, log_level: str = "INFO",
+        roles: frozenset[str] = frozenset(ROLES), sandbox_port: int | None = None,
+        watch: bool = False, reuse_port: bool = False) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     url = store_url or config.settings.store_url
     store = open_store(url)
-    runtime = Runtime(config, store, workers=workers)
+    runtime = Runtime(config, store, roles=roles)
     app = build_app(runtime)
     if sandbox_port is not None:
         app.cleanup_ctx.insert(0, _sandbox_context(config, "127.0.0.1", sandbox_port))
     app.cleanup_ctx.append(_reload_context(runtime, watch))
     bind_host = host or config.settings.host
     bind_port = port if port is not None else config.settings.port
-    log.info("router %s on http://%s:%d (store %s, config %s)", "serving", bind_host, bind_port,
-             url, config.config_hash)
+    log.info("router serving on http://%s:%d (roles %s, store %s, config %s)", bind_host,
+             bind_port, ",".join(r for r in ROLES if r in roles), url, config.config_hash)
     for warning in config.warnings:
         log.warning("config: %s", warning.text())
     _event_loop_policy()
@@ -87,47 +88,27 @@ def run(config: CompiledConfig, *, store_url: str | None = None, host: str | Non
 
 
 def run_workers(config: CompiledConfig, *, store_url: str | None = None,
-                log_level: str = "INFO") -> None:
-    """`router worker`: delivery only, beside one or more ingest processes."""
-    from router.delivery.worker import Workers
-
+                log_level: str = "INFO", roles: frozenset[str] = frozenset({"delivery"})) -> None:
+    """`router worker`: the stages after the acknowledgement, without HTTP."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _event_loop_policy()
 
     async def main() -> None:
         import signal
 
-        from router.config.compile import check_config
-        from router.config.issues import ERROR, format_issues
-        from router.pipeline.routing import clear_caches
-
-        store = open_store(store_url or config.settings.store_url)
-        await store.open()
-        current = [config]
-        workers = Workers(store, lambda: current[0])
-        workers.start()
+        runtime = Runtime(config, open_store(store_url or config.settings.store_url),
+                          roles=roles)
+        await runtime.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-
-        async def reload() -> None:
-            new, issues = await asyncio.to_thread(check_config, current[0].root)
-            if new is None:
-                log.error("SIGHUP: config invalid, keeping %s:\n%s", current[0].config_hash,
-                          format_issues([i for i in issues if i.severity == ERROR], "text"))
-                return
-            clear_caches()
-            log.info("SIGHUP: config %s -> %s", current[0].config_hash, new.config_hash)
-            current[0] = new
-            workers.sync()
-            await store.resume()
-
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
-        log.info("delivery workers for %d destinations", len(config.destinations))
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: loop.create_task(runtime.reload("SIGHUP")))
+        log.info("router worker (roles %s) for %d destinations",
+                 ",".join(r for r in ROLES if r in roles), len(config.destinations))
         await stop.wait()
-        await workers.stop()
-        await store.close()
+        await runtime.stop()
 
     asyncio.run(main())
 

@@ -1,20 +1,81 @@
-"""The store interface: what the pipeline and admin API need, nothing backend-specific.
+"""The store interface: what the gateway, the processor, the delivery plane and the
+admin API need, nothing backend-specific.
 
-The ingest path writes once per group commit: event rows carry their routing decision
-(which destinations must receive them, or why not), so no per-destination row is
-written at ingest. Delivery rows are written as outcomes arrive; a queued Delivery is
-an event whose route says `queued` and which has no outcome yet. Dedup and identity
-decisions are made by a caller-supplied planner over rows fetched in one query, so
-the store holds no dedup semantics and a PostgreSQL backend can apply the same plan.
+Three queues live in the store, one per stage of the flow:
+
+- the **inbox**: raw messages the gateway acknowledged, one row per request, appended
+  with group commit; a row leaves once the processor has stored what it decided;
+- the **events** with their **deliveries**: the processor writes each Event together
+  with one Delivery row per destination it was routed to (queued, or dropped with the
+  reason), in one transaction per batch;
+- due deliveries: a Delivery row with a due time is work for the delivery plane, which
+  claims rows with an expiring lease, so a crashed process's share is taken over when
+  its leases run out and a graceful shutdown hands it over at once.
+
+Dedup and identity decisions are made by a caller-supplied planner over rows fetched
+in the same transaction, so the store holds no dedup semantics and every backend
+applies the same plan. After each commit the store tells in-process listeners what
+changed (`Changes`), so consumers are woken rather than polling; a backend shared by
+several processes also reports other processes' commits (`watch_external`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+log = logging.getLogger("router.store")
+
+# --- the inbox (stage 1 -> stage 2) ------------------------------------------------------
+
+def partition_of(account: str, partitions: int) -> int:
+    """A stable partition for an account: the same on every process and machine, so
+    one processor at a time owns each account's identity graph and dedup keys."""
+    return zlib.crc32(account.encode()) % partitions
+
+
+
+@dataclass(frozen=True)
+class InboxAppend:
+    """One request's acknowledged messages, all of one (account, environment, source)."""
+
+    partition: int
+    account: str
+    environment: str
+    source: str
+    received_at: str
+    meta: Mapping[str, Any]
+    event_ids: tuple[str, ...]
+    messages: tuple[Any, ...]  # envelope-checked and screened: never a card number
+    wait: bool = False  # the sender waits for stage 2's decision (?wait=true)
+
+
+@dataclass(frozen=True)
+class Appended:
+    inbox_id: int
+    duplicates: tuple[bool, ...]  # per message: an exact retry within the dedup window
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    id: int
+    partition: int
+    account: str
+    environment: str
+    source: str
+    received_at: str
+    meta: dict[str, Any]
+    event_ids: list[str]
+    messages: list[Any]
+    wait: bool
+
+
+# --- events ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class EventRow:
@@ -24,15 +85,16 @@ class EventRow:
     event_name: str | None
     source: str
     source_event: str | None
-    status: str  # mapped | unmapped
+    status: str  # mapped | unmapped | rejected
     occurred_at: str | None
     received_at: str
     body: dict[str, Any]
     evidence: dict[str, Any]
-    routes: dict[str, Any]
+    routes: dict[str, Any]  # destination -> {status, reason?, version, due_at?}
     keys: tuple[str, ...]
     release_at: float | None = None  # merge hold: not deliverable before this (unix s)
     pii: dict[str, Any] | None = None  # plaintext for destinations that declare it
+    raw: Any = None  # the source message, for unmapped and rejected events
 
 
 @dataclass(frozen=True)
@@ -63,10 +125,17 @@ class IdentityChanges:
 @dataclass
 class WritePlan:
     inserts: list[EventRow] = field(default_factory=list)
-    # seq -> (body, evidence, routes or None when routing is unchanged)
-    updates: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    # seq -> (body, evidence, routes, release_at): a duplicate merged into a stored
+    # event; routes (None: unchanged) replace the deliveries of an event still held
+    updates: dict[int, tuple[Any, Any, dict[str, Any] | None, float | None]] = field(
+        default_factory=dict)
     identity: IdentityChanges = field(default_factory=IdentityChanges)
     results: list[Any] = field(default_factory=list)  # passed back to the caller untouched
+    # the inbox rows this plan completes, and the decisions to keep for waiting senders
+    done_inbox: tuple[int, ...] = ()
+    decisions: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    # exact-retry keys of messages that were rejected: a corrected resend is not a retry
+    forget_ack_keys: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +148,8 @@ class BatchInput:
 
 Planner = Callable[[dict[tuple[str, str, str], StoredEvent], dict[str, IdentityView]], WritePlan]
 
+
+# --- deliveries ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class DeliveryView:
@@ -102,20 +173,12 @@ class DeliveryView:
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """A Delivery's new state, written by a worker (upsert on event_seq, destination)."""
-
-    event_seq: int
-    destination: str
-    status: str  # queued | delivered | failed | dropped
-    attempts: int
-    queued_at: str
-    destination_version: str
-    last_error: str | None = None
-    last_attempt_at: str | None = None
-    next_retry_at: str | None = None
-    due_at: float | None = None  # unix s; None = not due (delivered, dropped, paused)
-    latency_ms: float | None = None
+class AttemptView:
+    n: int
+    at: str
+    status: str  # delivered | failed | dropped | paused
+    error: str | None
+    latency_ms: float | None  # this request's round trip
     request: Any = None
     response: Any = None
 
@@ -123,8 +186,37 @@ class Outcome:
 @dataclass(frozen=True)
 class DueDelivery:
     event: StoredEvent
-    attempts: int
+    destination: str
+    attempts: int  # all attempts so far (history)
+    round_attempts: int  # attempts since it was (re)queued: what the retry policy counts
     queued_at: str
+    drop_reason: str | None = None  # decided while held: not to be sent, for this reason
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A Delivery's new state after an attempt (or a decision not to attempt)."""
+
+    event_seq: int
+    destination: str
+    status: str  # queued | failed | delivered | dropped
+    attempted: bool  # an attempt to record in the history (a request was sent)
+    error: str | None = None
+    due_at: float | None = None  # unix s; None = not due (final, or waiting for a resume)
+    next_retry_at: str | None = None
+    latency_ms: float | None = None  # arrival -> acknowledgement, when delivered
+    request_ref: int | None = None  # index into the flush's requests
+    attempt_ms: float | None = None  # the request's own round trip
+
+
+@dataclass(frozen=True)
+class RequestExcerpt:
+    """What was sent and answered, stored once per request, not once per event in it."""
+
+    destination: str
+    at: str
+    request: Any
+    response: Any
 
 
 @dataclass(frozen=True)
@@ -156,8 +248,51 @@ class Alert:
     detail: Mapping[str, Any]
 
 
+# --- change notifications --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Changes:
+    """What a commit changed, for the consumers that wait on it.
+
+    `external` is set when another process committed and the backend cannot say what:
+    consumers then look at everything they own."""
+
+    inbox: frozenset[int] = frozenset()  # partitions with new inbox rows
+    # destination -> the earliest due time among its rows this commit wrote
+    due: Mapping[str, float] = field(default_factory=dict)
+    decided: frozenset[int] = frozenset()  # inbox ids whose decision is stored
+    pauses: bool = False
+    external: bool = False
+
+
+Listener = Callable[[Changes], None]
+
+
+class Notifier:
+    """In-process fan-out of `Changes` to listeners; a listener must not block."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def publish(self, changes: Changes) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(changes)
+            except Exception:  # a consumer's bug must not fail the writer's commit
+                log.exception("change listener failed")
+
+
+# --- the interface ---------------------------------------------------------------------
+
 class Store(ABC):
     """One interface, several backends (SQLite now; PostgreSQL with the same tests)."""
+
+    def __init__(self) -> None:
+        self.notifier = Notifier()
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -165,15 +300,49 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def watch_external(self, interval: float) -> None:
+        """Publish `Changes(external=True)` when another process commits; runs until
+        cancelled. Only needed when another process shares the store."""
+        await asyncio.Event().wait()
+
+    # --- stage 1: the inbox ---------------------------------------------------------------
+
+    @abstractmethod
+    async def append(self, requests: Sequence[InboxAppend], window_seconds: float,
+                     now: float) -> list[Appended]:
+        """Append requests' messages durably in one transaction; flag exact retries (an
+        event id already acknowledged for the same account and environment within the
+        window, or earlier in this same group)."""
+
+    @abstractmethod
+    async def read_inbox(self, partitions: Sequence[int], limit: int,
+                         after: int = 0) -> list[InboxRow]:
+        """The oldest inbox rows of these partitions (id order), at most `limit`
+        messages in all (a single larger row is still returned)."""
+
+    @abstractmethod
+    async def inbox_depth(self) -> tuple[int, float | None]:
+        """(rows waiting, unix time of the oldest one's arrival or None)."""
+
+    @abstractmethod
+    async def decisions(self, inbox_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Stage 2's per-message answers kept for senders waiting on these rows."""
+
+    # --- stage 2: events ------------------------------------------------------------------
+
     @abstractmethod
     async def ingest(self, batch: BatchInput, window_seconds: float, now: float,
                      planner: Planner) -> tuple[WritePlan, list[int]]:
-        """Fetch what the batch touches, plan, apply in one transaction.
+        """Fetch what the batch touches, plan, apply in one transaction (events, their
+        deliveries, identity, the inbox rows it completes).
 
         Returns the plan and the sequence numbers assigned to its inserts, in order."""
 
     @abstractmethod
     async def get_events(self, event_id: str, account: str | None = None) -> list[StoredEvent]: ...
+
+    @abstractmethod
+    async def events_by_seq(self, seqs: Sequence[int]) -> dict[int, StoredEvent]: ...
 
     @abstractmethod
     async def list_events(self, *, name: str | None = None, source: str | None = None,
@@ -182,6 +351,10 @@ class Store(ABC):
 
     @abstractmethod
     async def deliveries_for(self, seqs: Sequence[int]) -> list[DeliveryView]: ...
+
+    @abstractmethod
+    async def attempts_for(self, seqs: Sequence[int]) -> dict[tuple[int, str], list[AttemptView]]:
+        """Every attempt of these events' deliveries, oldest first, by (seq, destination)."""
 
     @abstractmethod
     async def list_deliveries(self, *, status: str | None = None, destination: str | None = None,
@@ -194,26 +367,45 @@ class Store(ABC):
     @abstractmethod
     async def counts(self) -> dict[str, int]: ...
 
-    # --- delivery ----------------------------------------------------------------------
+    # --- leases ---------------------------------------------------------------------------
 
     @abstractmethod
-    async def claim_cursor(self, destination: str, owner: str, lease_seconds: float) -> int | None:
-        """The destination's log position if this owner holds (or took) its lease."""
+    async def claim_leases(self, kind: str, keys: Sequence[str], owner: str,
+                           lease_seconds: float) -> list[str]:
+        """Take or renew the leases of `keys` this owner can hold (free, expired or its
+        own); returns the keys it holds now."""
 
     @abstractmethod
-    async def read_after(self, seq: int, limit: int) -> list[StoredEvent]: ...
+    async def release_leases(self, owner: str) -> None:
+        """Graceful shutdown: give back every lease and every claimed delivery at once."""
+
+    # --- the delivery plane ---------------------------------------------------------------
 
     @abstractmethod
-    async def claim_due(self, destination: str, now: float, limit: int,
-                        lease_seconds: float) -> list[DueDelivery]:
-        """Deliveries due for (re)sending; claimed by pushing their due time out."""
+    async def claim_due(self, wanted: Mapping[str, int], now: float, owner: str,
+                        lease_seconds: float
+                        ) -> tuple[dict[str, list[DueDelivery]], dict[str, float]]:
+        """Claim up to wanted[destination] due deliveries of each destination, in one
+        transaction (a paused connection's are parked by the worker: due no more until
+        a resume, and visibly waiting).
+
+        Returns the claims (events decoded once, shared between destinations) and, per
+        destination, when its next unclaimed delivery comes due (absent: none)."""
 
     @abstractmethod
-    async def record(self, outcomes: Sequence[Outcome], *, destination: str,
-                     cursor: int | None = None, owner: str | None = None,
-                     scrub: dict[int, tuple[str, ...]] | None = None) -> None:
-        """Upsert outcomes and move the cursor in one transaction. `scrub`: events whose
-        plaintext PII is erased once these destinations' deliveries are final."""
+    async def renew(self, keys: Sequence[tuple[int, str]], owner: str, until: float) -> None:
+        """Extend the lease of claimed deliveries still waiting in this owner's memory."""
+
+    @abstractmethod
+    async def record(self, outcomes: Sequence[Outcome], requests: Sequence[RequestExcerpt],
+                     owner: str, now: float, plaintext: frozenset[str] = frozenset()) -> None:
+        """Write outcomes of every destination together: the Delivery rows, their
+        attempts, each request's excerpt once; release the rows' leases; erase an event's
+        plaintext once every delivery of a `plaintext` destination is final."""
+
+    @abstractmethod
+    async def release(self, keys: Sequence[tuple[int, str]], owner: str, now: float) -> None:
+        """Hand claimed deliveries back unsent: due now, for whoever claims next."""
 
     @abstractmethod
     async def pause(self, destination: str, account: str, environment: str,
@@ -226,7 +418,14 @@ class Store(ABC):
     async def resume(self, destination: str | None = None, account: str | None = None) -> int:
         """Lift pauses; their waiting deliveries become due now. Returns pauses lifted."""
 
-    # --- alerts ------------------------------------------------------------------------
+    @abstractmethod
+    async def requeue(self, *, since: str | None = None, destination: str | None = None,
+                      statuses: Sequence[str] = ("failed", "dropped"),
+                      event_id: str | None = None, account: str | None = None) -> int:
+        """Replay: make matching deliveries due now (same event, same event_id); their
+        attempt history is kept and the retry policy starts a new round."""
+
+    # --- alerts ---------------------------------------------------------------------------
 
     @abstractmethod
     async def open_alert(self, kind: str, subject: str, detail: Mapping[str, Any]) -> bool:
@@ -241,8 +440,8 @@ class Store(ABC):
                      limit: int = 100) -> list[Alert]:
         """Newest first."""
 
+    # --- housekeeping ---------------------------------------------------------------------
+
     @abstractmethod
-    async def requeue(self, *, since: str | None = None, destination: str | None = None,
-                      statuses: Sequence[str] = ("failed", "dropped"),
-                      event_id: str | None = None, account: str | None = None) -> int:
-        """Replay: make matching deliveries due now (same event, same event_id)."""
+    async def expire(self, now: float, window_seconds: float) -> int:
+        """Drop exact-retry keys and kept decisions older than their window."""

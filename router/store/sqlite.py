@@ -1,17 +1,22 @@
 """The embedded SQLite store (WAL, synchronous=FULL, group commit).
 
 Writes go through one dedicated thread with its own connection: a whole group commit
-(fetch, plan, apply) is one hop off the event loop rather than one per statement,
-and a single writer makes dedup decisions exact. Reads use aiosqlite on a second
-connection, which WAL lets run beside the writer.
+(fetch, plan, apply) is one hop off the event loop rather than one per statement, and
+a single writer makes dedup decisions exact. Reads use aiosqlite on a second
+connection, which WAL lets run beside the writer. Other processes may share the file
+(roles split over processes on one machine): SQLite's write lock orders their
+transactions, and `watch_external` notices their commits through `PRAGMA data_version`,
+which reads shared memory, not the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -22,108 +27,30 @@ import orjson
 from router.store.base import (
     PAUSE_ALERT,
     Alert,
+    Appended,
+    AttemptView,
     BatchInput,
+    Changes,
     DeliveryView,
     DueDelivery,
     EventRow,
     IdentityView,
+    InboxAppend,
+    InboxRow,
     Outcome,
     Pause,
     Planner,
+    RequestExcerpt,
     Store,
     StoredEvent,
     WritePlan,
     pause_subject,
 )
+from router.store.sqlite_schema import migrate
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT,
-  account TEXT NOT NULL,
-  environment TEXT NOT NULL,
-  event_id TEXT NOT NULL,
-  event_name TEXT,
-  source TEXT NOT NULL,
-  source_event TEXT,
-  status TEXT NOT NULL,
-  occurred_at TEXT,
-  received_at TEXT NOT NULL,
-  release_at REAL,
-  body BLOB NOT NULL,
-  evidence BLOB NOT NULL,
-  routes BLOB NOT NULL,
-  pii BLOB
-);
-CREATE INDEX IF NOT EXISTS events_event_id ON events (account, environment, event_id);
-CREATE INDEX IF NOT EXISTS events_received ON events (received_at);
-CREATE INDEX IF NOT EXISTS events_name ON events (event_name, received_at);
-CREATE TABLE IF NOT EXISTS dedup_keys (
-  account TEXT NOT NULL,
-  environment TEXT NOT NULL,
-  key TEXT NOT NULL,
-  seq INTEGER NOT NULL,
-  created_at REAL NOT NULL,
-  PRIMARY KEY (account, environment, key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS identity_links (
-  account TEXT NOT NULL,
-  identifier TEXT NOT NULL,
-  root TEXT NOT NULL,
-  PRIMARY KEY (account, identifier)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS identity_root ON identity_links (account, root);
-CREATE TABLE IF NOT EXISTS identity_profiles (
-  account TEXT NOT NULL,
-  root TEXT NOT NULL,
-  attributes BLOB NOT NULL,
-  PRIMARY KEY (account, root)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS deliveries (
-  event_seq INTEGER NOT NULL,
-  destination TEXT NOT NULL,
-  status TEXT NOT NULL,
-  attempts INTEGER NOT NULL DEFAULT 0,
-  last_error TEXT,
-  queued_at TEXT NOT NULL,
-  last_attempt_at TEXT,
-  next_retry_at TEXT,
-  latency_ms REAL,
-  due_at REAL,
-  destination_version TEXT,
-  request BLOB,
-  response BLOB,
-  PRIMARY KEY (event_seq, destination)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, due_at);
-CREATE TABLE IF NOT EXISTS cursors (
-  destination TEXT PRIMARY KEY,
-  seq INTEGER NOT NULL DEFAULT 0,
-  owner TEXT,
-  lease_until REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS pauses (
-  destination TEXT NOT NULL,
-  account TEXT NOT NULL,
-  environment TEXT NOT NULL,
-  reason TEXT NOT NULL,
-  since TEXT NOT NULL,
-  PRIMARY KEY (destination, account, environment)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS alerts (
-  id INTEGER PRIMARY KEY AUTOINCREMENT,
-  kind TEXT NOT NULL,
-  subject TEXT NOT NULL,
-  opened_at TEXT NOT NULL,
-  resolved_at TEXT,
-  detail BLOB
-);
-CREATE UNIQUE INDEX IF NOT EXISTS alerts_open ON alerts (kind, subject)
-  WHERE resolved_at IS NULL;
-CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-SCHEMA_VERSION = "1"
 _dumps = orjson.dumps
+DECISION_TTL_SECONDS = 600.0
+SEP = "\x1f"
 
 
 def _loads(blob: Any) -> Any:
@@ -140,8 +67,14 @@ def path_from_url(url: str) -> str:
     return path or ":memory:"
 
 
+def _utc(ts: float | None = None) -> str:
+    t = time.time() if ts is None else ts
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
 class SQLiteStore(Store):
     def __init__(self, url: str):
+        super().__init__()
         self.path = path_from_url(url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._writer: sqlite3.Connection | None = None
@@ -154,17 +87,15 @@ class SQLiteStore(Store):
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(SCHEMA)
-        conn.execute("INSERT OR IGNORE INTO store_meta VALUES ('schema_version', ?)",
-                     (SCHEMA_VERSION,))
+        conn.execute("PRAGMA busy_timeout=10000")
+        migrate(conn)
         self._writer = conn
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._open_writer)
         self._reader = await aiosqlite.connect(self.path)
-        await self._reader.execute_fetchall("PRAGMA busy_timeout=5000")
+        await self._reader.execute_fetchall("PRAGMA busy_timeout=10000")
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -176,192 +107,26 @@ class SQLiteStore(Store):
 
     def _close_writer(self) -> None:
         if self._writer is not None:
-            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with contextlib.suppress(sqlite3.OperationalError):  # busy: another process
+                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self._writer.close()
             self._writer = None
 
-    # --- ingest (writer thread) -------------------------------------------------------
-
-    async def ingest(self, batch: BatchInput, window_seconds: float, now: float,
-                     planner: Planner) -> tuple[WritePlan, list[int]]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._ingest_sync, batch,
-                                          window_seconds, now, planner)
-
-    def _ingest_sync(self, batch: BatchInput, window_seconds: float, now: float,
-                     planner: Planner) -> tuple[WritePlan, list[int]]:
-        conn = self._writer
-        assert conn is not None, "store is not open"
-        conn.execute("BEGIN IMMEDIATE")
+    async def watch_external(self, interval: float) -> None:
+        """Notice other processes' commits: `data_version` changes only for them."""
+        conn = await aiosqlite.connect(self.path)
         try:
-            existing = self._fetch_existing(conn, batch, now - window_seconds)
-            identities = {account: self._identity_sync(conn, account, ids)
-                          for account, ids in batch.identifiers.items() if ids}
-            plan = planner(existing, identities)
-            seqs = self._apply(conn, plan, now)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return plan, seqs
+            last = (await conn.execute_fetchall("PRAGMA data_version"))[0][0]
+            while True:
+                await asyncio.sleep(interval)
+                now = (await conn.execute_fetchall("PRAGMA data_version"))[0][0]
+                if now != last:
+                    last = now
+                    self.notifier.publish(Changes(external=True))
+        finally:
+            await conn.close()
 
-    def _fetch_existing(self, conn: sqlite3.Connection, batch: BatchInput,
-                        since: float) -> dict[tuple[str, str, str], StoredEvent]:
-        found: dict[tuple[str, str, str], StoredEvent] = {}
-        by_seq: dict[int, StoredEvent] = {}
-        for (account, environment), keys in batch.keys.items():
-            for row in _select_in(conn, "SELECT k.key, e.* FROM dedup_keys k JOIN events e ON "
-                                  "e.seq = k.seq WHERE k.account = ? AND k.environment = ? AND "
-                                  "k.created_at >= ? AND k.key IN ({})",
-                                  (account, environment, since), keys):
-                seq = row[1]
-                stored = by_seq.get(seq) or _stored_from_row(row[1:])
-                by_seq[seq] = stored
-                found[(account, environment, row[0])] = stored
-        return found
-
-    def _apply(self, conn: sqlite3.Connection, plan: WritePlan, now: float) -> list[int]:
-        seqs: list[int] = []
-        for row in plan.inserts:
-            cur = conn.execute(
-                "INSERT INTO events (account, environment, event_id, event_name, source, "
-                "source_event, status, occurred_at, received_at, release_at, body, evidence, "
-                "routes, pii) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (row.account, row.environment, row.event_id, row.event_name, row.source,
-                 row.source_event, row.status, row.occurred_at, row.received_at, row.release_at,
-                 _dumps(row.body), _dumps(row.evidence), _dumps(row.routes),
-                 _dumps(row.pii) if row.pii else None))
-            seq = int(cur.lastrowid or 0)
-            seqs.append(seq)
-            conn.executemany(
-                "INSERT OR REPLACE INTO dedup_keys VALUES (?,?,?,?,?)",
-                [(row.account, row.environment, key, seq, now) for key in row.keys])
-        if plan.updates:
-            conn.executemany("UPDATE events SET body = ?, evidence = ? WHERE seq = ?",
-                             [(_dumps(u[0]), _dumps(u[1]), seq)
-                              for seq, u in plan.updates.items()])
-            rerouted = [(_dumps(u[2]), seq) for seq, u in plan.updates.items()
-                        if len(u) > 2 and u[2] is not None]
-            if rerouted:
-                conn.executemany("UPDATE events SET routes = ? WHERE seq = ?", rerouted)
-        ident = plan.identity
-        for account_root, new_root in ident.repoint.items():
-            account, old_root = account_root.split("\x1f", 1)
-            conn.execute("UPDATE identity_links SET root = ? WHERE account = ? AND root = ?",
-                         (new_root, account, old_root))
-        if ident.links:
-            conn.executemany("INSERT OR REPLACE INTO identity_links VALUES (?,?,?)",
-                             [(*k.split("\x1f", 1), root) for k, root in ident.links.items()])
-        if ident.profiles:
-            conn.executemany("INSERT OR REPLACE INTO identity_profiles VALUES (?,?,?)",
-                             [(*k.split("\x1f", 1), _dumps(attrs))
-                              for k, attrs in ident.profiles.items()])
-        for key in ident.drop_profiles:
-            conn.execute("DELETE FROM identity_profiles WHERE account = ? AND root = ?",
-                         tuple(key.split("\x1f", 1)))
-        return seqs
-
-    def _identity_sync(self, conn: sqlite3.Connection, account: str,
-                       identifiers: Sequence[str]) -> IdentityView:
-        view = IdentityView()
-        for ident, root in _select_in(conn, "SELECT identifier, root FROM identity_links "
-                                      "WHERE account = ? AND identifier IN ({})", (account,),
-                                      identifiers):
-            view.roots[ident] = root
-        for root, attrs in _select_in(conn, "SELECT root, attributes FROM identity_profiles "
-                                      "WHERE account = ? AND root IN ({})", (account,),
-                                      view.roots.values()):
-            view.profiles[root] = _loads(attrs)
-        return view
-
-    # --- reads (aiosqlite) -------------------------------------------------------------
-
-    @property
-    def reader(self) -> aiosqlite.Connection:
-        assert self._reader is not None, "store is not open"
-        return self._reader
-
-    async def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        """Run one query to completion in a single hop to the reader thread.
-
-        Callers share one connection; a statement left open while another coroutine
-        starts its own would let SQLite chain them into one read transaction, and a
-        steady stream of worker polls could then pin a stale snapshot forever.
-        """
-        return list(await self.reader.execute_fetchall(sql, args))
-
-    async def get_events(self, event_id: str, account: str | None = None) -> list[StoredEvent]:
-        sql = "SELECT * FROM events WHERE event_id = ?"
-        args: list[Any] = [event_id]
-        if account:
-            sql += " AND account = ?"
-            args.append(account)
-        rows = await self._read(sql + " ORDER BY seq", args)
-        return [_stored_from_row(r) for r in rows]
-
-    async def list_events(self, *, name: str | None = None, source: str | None = None,
-                          since: str | None = None, account: str | None = None,
-                          status: str | None = None, limit: int = 100) -> list[StoredEvent]:
-        where, args = [], []
-        for column, value in (("event_name", name), ("source", source), ("account", account),
-                              ("status", status)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if since:
-            where.append("received_at >= ?")
-            args.append(since)
-        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
-        rows = await self._read(sql + " ORDER BY seq DESC LIMIT ?", [*args, limit])
-        return [_stored_from_row(r) for r in rows]
-
-    _DELIVERY_SELECT = """
-        SELECT e.seq, e.event_id, e.event_name, e.account, e.environment, r.key,
-               COALESCE(d.status, json_extract(r.value, '$.status')),
-               json_extract(r.value, '$.reason'), COALESCE(d.attempts, 0), d.last_error,
-               COALESCE(d.queued_at, e.received_at), d.last_attempt_at, d.next_retry_at,
-               d.latency_ms, COALESCE(d.destination_version, json_extract(r.value, '$.version')),
-               d.request, d.response
-        FROM events e, json_each(e.routes) r
-        LEFT JOIN deliveries d ON d.event_seq = e.seq AND d.destination = r.key
-    """
-
-    async def deliveries_for(self, seqs: Sequence[int]) -> list[DeliveryView]:
-        if not seqs:
-            return []
-        marks = ",".join("?" * len(seqs))
-        sql = self._DELIVERY_SELECT + f" WHERE e.seq IN ({marks}) ORDER BY e.seq, r.key"
-        rows = await self._read(sql, list(seqs))
-        return [_delivery(r) for r in rows]
-
-    async def list_deliveries(self, *, status: str | None = None, destination: str | None = None,
-                              since: str | None = None, account: str | None = None,
-                              limit: int = 100) -> list[DeliveryView]:
-        where, args = [], []
-        if status:
-            where.append("COALESCE(d.status, json_extract(r.value, '$.status')) = ?")
-            args.append(status)
-        if destination:
-            where.append("r.key = ?")
-            args.append(destination)
-        if since:
-            where.append("e.received_at >= ?")
-            args.append(since)
-        if account:
-            where.append("e.account = ?")
-            args.append(account)
-        sql = self._DELIVERY_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        rows = await self._read(sql + " ORDER BY e.seq DESC, r.key LIMIT ?", [*args, limit])
-        return [_delivery(r) for r in rows]
-
-    async def identity_of(self, account: str, identifiers: Sequence[str]) -> IdentityView:
-        loop = asyncio.get_running_loop()
-        conn = self._writer
-        assert conn is not None
-        return await loop.run_in_executor(self._executor, self._identity_sync, conn, account,
-                                          list(identifiers))
-
-    # --- delivery (writer thread) ----------------------------------------------------
+    # --- the writer thread ----------------------------------------------------------
 
     async def _write(self, fn: Any, *args: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -379,78 +144,449 @@ class SQLiteStore(Store):
             raise
         return result
 
-    async def claim_cursor(self, destination: str, owner: str, lease_seconds: float) -> int | None:
-        def claim(conn: sqlite3.Connection) -> int | None:
-            now = time.time()
-            conn.execute("INSERT OR IGNORE INTO cursors (destination, seq) VALUES (?, 0)",
-                         (destination,))
-            cur = conn.execute(
-                "UPDATE cursors SET owner = ?, lease_until = ? WHERE destination = ? "
-                "AND (owner = ? OR owner IS NULL OR lease_until < ?) RETURNING seq",
-                (owner, now + lease_seconds, destination, owner, now))
-            row = cur.fetchone()
-            return int(row[0]) if row else None
-        return await self._write(claim)
+    # --- stage 1: the inbox ----------------------------------------------------------
 
-    async def read_after(self, seq: int, limit: int) -> list[StoredEvent]:
-        rows = await self._read("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                                (seq, limit))
+    async def append(self, requests: Sequence[InboxAppend], window_seconds: float,
+                     now: float) -> list[Appended]:
+        out: list[Appended] = await self._write(self._append, requests, now - window_seconds,
+                                                now)
+        self.notifier.publish(Changes(inbox=frozenset(r.partition for r in requests)))
+        return out
+
+    @staticmethod
+    def _append(conn: sqlite3.Connection, requests: Sequence[InboxAppend], cutoff: float,
+                now: float) -> list[Appended]:
+        by_scope: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for request in requests:
+            by_scope[(request.account, request.environment)].update(request.event_ids)
+        known: set[tuple[str, str, str]] = set()
+        for (account, environment), ids in by_scope.items():
+            for (event_id,) in _select_in(
+                    conn, "SELECT event_id FROM ack_keys WHERE account = ? AND environment = ? "
+                    "AND created_at >= ? AND event_id IN ({})", (account, environment, cutoff),
+                    ids):
+                known.add((account, environment, event_id))
+        out: list[Appended] = []
+        fresh: list[tuple[str, str, str, float]] = []
+        for request in requests:
+            flags = []
+            for event_id in request.event_ids:
+                key = (request.account, request.environment, event_id)
+                duplicate = key in known
+                if not duplicate:
+                    known.add(key)  # a second copy later in this group is a retry too
+                    fresh.append((*key, now))
+                flags.append(duplicate)
+            cur = conn.execute(
+                "INSERT INTO inbox (partition, account, environment, source, received_at, "
+                "arrived, count, meta, event_ids, messages, wait) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (request.partition, request.account, request.environment, request.source,
+                 request.received_at, now, len(request.messages), _dumps(dict(request.meta)),
+                 _dumps(request.event_ids), _dumps(request.messages), int(request.wait)))
+            out.append(Appended(int(cur.lastrowid or 0), tuple(flags)))
+        if fresh:
+            conn.executemany("INSERT OR REPLACE INTO ack_keys VALUES (?,?,?,?)", fresh)
+        return out
+
+    async def read_inbox(self, partitions: Sequence[int], limit: int,
+                         after: int = 0) -> list[InboxRow]:
+        if not partitions:
+            return []
+        marks = ",".join("?" * len(partitions))
+        rows = await self._read(
+            f"SELECT id, partition, account, environment, source, received_at, meta, "
+            f"event_ids, messages, wait, count FROM inbox WHERE partition IN ({marks}) "
+            f"AND id > ? ORDER BY id LIMIT ?", [*partitions, after, max(1, limit)])
+        out: list[InboxRow] = []
+        total = 0
+        for r in rows:
+            if out and total + r[10] > limit:
+                break
+            total += r[10]
+            out.append(InboxRow(r[0], r[1], r[2], r[3], r[4], r[5], _loads(r[6]), _loads(r[7]),
+                                _loads(r[8]), bool(r[9])))
+        return out
+
+    async def inbox_depth(self) -> tuple[int, float | None]:
+        rows = await self._read("SELECT count(*), min(arrived) FROM inbox")
+        return int(rows[0][0]), rows[0][1]
+
+    async def decisions(self, inbox_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        if not inbox_ids:
+            return {}
+        marks = ",".join("?" * len(inbox_ids))
+        rows = await self._read(f"SELECT inbox_id, results FROM decisions WHERE inbox_id IN "
+                                f"({marks})", list(inbox_ids))
+        return {int(r[0]): _loads(r[1]) for r in rows}
+
+    # --- stage 2: events ---------------------------------------------------------------
+
+    async def ingest(self, batch: BatchInput, window_seconds: float, now: float,
+                     planner: Planner) -> tuple[WritePlan, list[int]]:
+        plan, seqs, due = await self._write(self._ingest, batch, window_seconds, now, planner)
+        self.notifier.publish(Changes(due=due, decided=frozenset(plan.decisions)))
+        return plan, seqs
+
+    def _ingest(self, conn: sqlite3.Connection, batch: BatchInput, window_seconds: float,
+                now: float, planner: Planner) -> tuple[WritePlan, list[int], dict[str, float]]:
+        existing = self._fetch_existing(conn, batch, now - window_seconds)
+        identities = {account: _identity(conn, account, ids)
+                      for account, ids in batch.identifiers.items() if ids}
+        plan = planner(existing, identities)
+        seqs, due = self._apply(conn, plan, now)
+        return plan, seqs, due
+
+    def _fetch_existing(self, conn: sqlite3.Connection, batch: BatchInput,
+                        since: float) -> dict[tuple[str, str, str], StoredEvent]:
+        found: dict[tuple[str, str, str], StoredEvent] = {}
+        by_seq: dict[int, StoredEvent] = {}
+        for (account, environment), keys in batch.keys.items():
+            for row in _select_in(conn, "SELECT k.key, " + _EVENT_SELECT + " FROM dedup_keys k "
+                                  "JOIN events e ON e.seq = k.seq WHERE k.account = ? AND "
+                                  "k.environment = ? AND k.created_at >= ? AND k.key IN ({})",
+                                  (account, environment, since), keys):
+                seq = row[1]
+                stored = by_seq.get(seq) or _stored_from_row(row[1:])
+                by_seq[seq] = stored
+                found[(account, environment, row[0])] = stored
+        return found
+
+    def _apply(self, conn: sqlite3.Connection, plan: WritePlan,
+               now: float) -> tuple[list[int], dict[str, float]]:
+        seqs: list[int] = []
+        due: dict[str, float] = {}
+        deliveries: list[tuple[Any, ...]] = []
+        for row in plan.inserts:
+            cur = conn.execute(
+                "INSERT INTO events (account, environment, event_id, event_name, source, "
+                "source_event, status, occurred_at, received_at, release_at, body, evidence, "
+                "pii, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (row.account, row.environment, row.event_id, row.event_name, row.source,
+                 row.source_event, row.status, row.occurred_at, row.received_at, row.release_at,
+                 _dumps(row.body), _dumps(row.evidence), _dumps(row.pii) if row.pii else None,
+                 _dumps(row.raw) if row.raw is not None else None))
+            seq = int(cur.lastrowid or 0)
+            seqs.append(seq)
+            if row.keys:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO dedup_keys VALUES (?,?,?,?,?)",
+                    [(row.account, row.environment, key, seq, now) for key in row.keys])
+            deliveries += _delivery_rows(seq, row.account, row.environment, row.received_at,
+                                         row.routes, now, due)
+        for seq, (body, evidence, routes, release_at) in plan.updates.items():
+            if routes is None:
+                conn.execute("UPDATE events SET body = ?, evidence = ? WHERE seq = ?",
+                             (_dumps(body), _dumps(evidence), seq))
+                continue
+            # a held event decided again after a merge: its rows were neither attempted
+            # nor claimed (a hold keeps them so), and are replaced by the new decision
+            head = conn.execute("UPDATE events SET body = ?, evidence = ?, release_at = ? "
+                                "WHERE seq = ? RETURNING account, environment, received_at",
+                                (_dumps(body), _dumps(evidence), release_at, seq)).fetchone()
+            conn.execute("DELETE FROM deliveries WHERE event_seq = ? AND attempts = 0 AND "
+                         "owner IS NULL", (seq,))
+            deliveries += _delivery_rows(seq, head[0], head[1], head[2], routes, now, due)
+        if deliveries:
+            conn.executemany(
+                "INSERT OR IGNORE INTO deliveries (event_seq, destination, account, environment, "
+                "status, reason, queued_at, due_at, destination_version, drop_reason) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?)", deliveries)
+        self._apply_identity(conn, plan)
+        if plan.done_inbox:
+            conn.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i in plan.done_inbox])
+        if plan.decisions:
+            conn.executemany("INSERT OR REPLACE INTO decisions VALUES (?,?,?)",
+                             [(i, _dumps(r), now) for i, r in plan.decisions.items()])
+        if plan.forget_ack_keys:
+            conn.executemany("DELETE FROM ack_keys WHERE account = ? AND environment = ? AND "
+                             "event_id = ?", plan.forget_ack_keys)
+        return seqs, due
+
+    @staticmethod
+    def _apply_identity(conn: sqlite3.Connection, plan: WritePlan) -> None:
+        ident = plan.identity
+        for account_root, new_root in ident.repoint.items():
+            account, old_root = account_root.split(SEP, 1)
+            conn.execute("UPDATE identity_links SET root = ? WHERE account = ? AND root = ?",
+                         (new_root, account, old_root))
+        if ident.links:
+            conn.executemany("INSERT OR REPLACE INTO identity_links VALUES (?,?,?)",
+                             [(*k.split(SEP, 1), root) for k, root in ident.links.items()])
+        if ident.profiles:
+            conn.executemany("INSERT OR REPLACE INTO identity_profiles VALUES (?,?,?)",
+                             [(*k.split(SEP, 1), _dumps(attrs))
+                              for k, attrs in ident.profiles.items()])
+        for key in ident.drop_profiles:
+            conn.execute("DELETE FROM identity_profiles WHERE account = ? AND root = ?",
+                         tuple(key.split(SEP, 1)))
+
+    # --- reads (aiosqlite) -------------------------------------------------------------
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        assert self._reader is not None, "store is not open"
+        return self._reader
+
+    async def _read(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Run one query to completion in a single hop to the reader thread.
+
+        Callers share one connection; a statement left open while another coroutine
+        starts its own would let SQLite chain them into one read transaction, and a
+        steady stream of reads could then pin a stale snapshot forever.
+        """
+        return list(await self.reader.execute_fetchall(sql, args))
+
+    async def get_events(self, event_id: str, account: str | None = None) -> list[StoredEvent]:
+        sql = f"SELECT {_EVENT_SELECT} FROM events e WHERE e.event_id = ?"
+        args: list[Any] = [event_id]
+        if account:
+            sql += " AND e.account = ?"
+            args.append(account)
+        rows = await self._read(sql + " ORDER BY e.seq", args)
         return [_stored_from_row(r) for r in rows]
 
-    async def claim_due(self, destination: str, now: float, limit: int,
-                        lease_seconds: float) -> list[DueDelivery]:
-        def claim(conn: sqlite3.Connection) -> list[DueDelivery]:
-            rows = conn.execute(
-                "SELECT d.attempts, d.queued_at, e.* FROM deliveries d JOIN events e "
-                "ON e.seq = d.event_seq WHERE d.destination = ? AND d.due_at IS NOT NULL "
-                "AND d.due_at <= ? AND d.status IN ('queued', 'failed') "
-                "ORDER BY d.due_at LIMIT ?", (destination, now, limit)).fetchall()
-            if rows:
-                conn.executemany(
-                    "UPDATE deliveries SET due_at = ? WHERE event_seq = ? AND destination = ?",
-                    [(now + lease_seconds, r[2], destination) for r in rows])
-            return [DueDelivery(_stored_from_row(r[2:]), int(r[0]), r[1]) for r in rows]
-        return await self._write(claim)
+    async def events_by_seq(self, seqs: Sequence[int]) -> dict[int, StoredEvent]:
+        out: dict[int, StoredEvent] = {}
+        ordered = sorted(set(seqs))
+        for start in range(0, len(ordered), 500):
+            part = ordered[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for r in await self._read(f"SELECT {_EVENT_SELECT} FROM events e WHERE e.seq IN "
+                                      f"({marks})", part):
+                stored = _stored_from_row(r)
+                out[stored.seq] = stored
+        return out
 
-    async def record(self, outcomes: Sequence[Outcome], *, destination: str,
-                     cursor: int | None = None, owner: str | None = None,
-                     scrub: dict[int, tuple[str, ...]] | None = None) -> None:
-        def write(conn: sqlite3.Connection) -> None:
+    async def list_events(self, *, name: str | None = None, source: str | None = None,
+                          since: str | None = None, account: str | None = None,
+                          status: str | None = None, limit: int = 100) -> list[StoredEvent]:
+        where, args = [], []
+        for column, value in (("e.event_name", name), ("e.source", source),
+                              ("e.account", account), ("e.status", status)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since:
+            where.append("e.received_at >= ?")
+            args.append(since)
+        sql = f"SELECT {_EVENT_SELECT} FROM events e" + \
+            (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._read(sql + " ORDER BY e.seq DESC LIMIT ?", [*args, limit])
+        return [_stored_from_row(r) for r in rows]
+
+    _DELIVERY_SELECT = """
+        SELECT d.event_seq, e.event_id, e.event_name, d.account, d.environment, d.destination,
+               d.status, d.reason, d.attempts, d.queued_at, d.last_attempt_at, d.next_retry_at,
+               d.latency_ms, d.destination_version, r.request, r.response
+        FROM deliveries d JOIN events e ON e.seq = d.event_seq
+        LEFT JOIN requests r ON r.id = d.request_id
+    """
+
+    async def deliveries_for(self, seqs: Sequence[int]) -> list[DeliveryView]:
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        sql = self._DELIVERY_SELECT + f" WHERE d.event_seq IN ({marks}) " \
+            "ORDER BY d.event_seq, d.destination"
+        return [_delivery(r) for r in await self._read(sql, list(seqs))]
+
+    async def attempts_for(self, seqs: Sequence[int]) -> dict[tuple[int, str], list[AttemptView]]:
+        out: dict[tuple[int, str], list[AttemptView]] = defaultdict(list)
+        if not seqs:
+            return out
+        marks = ",".join("?" * len(seqs))
+        rows = await self._read(
+            "SELECT a.event_seq, a.destination, a.n, a.at, a.status, a.error, a.latency_ms, "
+            "r.request, r.response FROM attempts a LEFT JOIN requests r ON r.id = a.request_id "
+            f"WHERE a.event_seq IN ({marks}) ORDER BY a.event_seq, a.destination, a.n",
+            list(seqs))
+        for r in rows:
+            out[(r[0], r[1])].append(AttemptView(r[2], r[3], r[4], r[5], r[6], _loads(r[7]),
+                                                 _loads(r[8])))
+        return out
+
+    async def list_deliveries(self, *, status: str | None = None, destination: str | None = None,
+                              since: str | None = None, account: str | None = None,
+                              limit: int = 100) -> list[DeliveryView]:
+        where, args = [], []
+        for clause, value in (("d.status = ?", status), ("d.destination = ?", destination),
+                              ("e.received_at >= ?", since), ("d.account = ?", account)):
+            if value:
+                where.append(clause)
+                args.append(value)
+        sql = self._DELIVERY_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._read(sql + " ORDER BY d.event_seq DESC, d.destination LIMIT ?",
+                                [*args, limit])
+        return [_delivery(r) for r in rows]
+
+    async def identity_of(self, account: str, identifiers: Sequence[str]) -> IdentityView:
+        loop = asyncio.get_running_loop()
+        conn = self._writer
+        assert conn is not None
+        return await loop.run_in_executor(self._executor, _identity, conn, account,
+                                          list(identifiers))
+
+    async def counts(self) -> dict[str, int]:
+        out = {}
+        for table in ("events", "deliveries", "identity_links", "dedup_keys", "inbox",
+                      "attempts"):
+            rows = await self._read(f"SELECT count(*) FROM {table}")
+            out[table] = int(rows[0][0]) if rows else 0
+        return out
+
+    # --- leases ------------------------------------------------------------------------
+
+    async def claim_leases(self, kind: str, keys: Sequence[str], owner: str,
+                           lease_seconds: float) -> list[str]:
+        def claim(conn: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            held = []
+            for key in keys:
+                row = conn.execute(
+                    "INSERT INTO leases VALUES (?,?,?,?) ON CONFLICT (kind, key) DO UPDATE SET "
+                    "owner = excluded.owner, lease_until = excluded.lease_until WHERE "
+                    "leases.owner = excluded.owner OR leases.lease_until < ? RETURNING key",
+                    (kind, key, owner, now + lease_seconds, now)).fetchone()
+                if row:
+                    held.append(key)
+            return held
+        return list(await self._write(claim))
+
+    async def release_leases(self, owner: str) -> None:
+        def write(conn: sqlite3.Connection) -> set[str]:
+            conn.execute("DELETE FROM leases WHERE owner = ?", (owner,))
+            rows = conn.execute("UPDATE deliveries SET owner = NULL, due_at = ? WHERE owner = ? "
+                                "RETURNING destination", (time.time(), owner)).fetchall()
+            return {r[0] for r in rows}
+        due = await self._write(write)
+        if due:
+            self.notifier.publish(Changes(due=dict.fromkeys(due, time.time())))
+
+    # --- the delivery plane ----------------------------------------------------------
+
+    async def claim_due(self, wanted: Mapping[str, int], now: float, owner: str,
+                        lease_seconds: float
+                        ) -> tuple[dict[str, list[DueDelivery]], dict[str, float]]:
+        claimed, next_due, missing = await self._write(
+            self._claim, wanted, now, owner, lease_seconds)
+        events = await self.events_by_seq(missing) if missing else {}
+        out: dict[str, list[DueDelivery]] = {}
+        for destination, rows in claimed.items():
+            out[destination] = [DueDelivery(events[r[0]], destination, r[1], r[1] - r[2], r[3],
+                                            r[4]) for r in rows if r[0] in events]
+        return out, next_due
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection, wanted: Mapping[str, int], now: float, owner: str,
+               lease_seconds: float
+               ) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, float], set[int]]:
+        claimed: dict[str, list[tuple[Any, ...]]] = {}
+        next_due: dict[str, float] = {}
+        seqs: set[int] = set()
+        for destination, limit in wanted.items():
+            if limit > 0:
+                rows = conn.execute(
+                    "UPDATE deliveries SET owner = ?, due_at = ? WHERE (event_seq, destination) "
+                    "IN (SELECT event_seq, destination FROM deliveries WHERE destination = ? AND "
+                    "due_at <= ? ORDER BY due_at LIMIT ?) "
+                    "RETURNING event_seq, attempts, round_start, queued_at, drop_reason",
+                    (owner, now + lease_seconds, destination, now, limit)).fetchall()
+                if rows:
+                    rows.sort()
+                    claimed[destination] = rows
+                    seqs.update(r[0] for r in rows)
+            row = conn.execute(
+                "SELECT min(due_at) FROM deliveries WHERE destination = ? AND due_at IS NOT NULL "
+                "AND (owner IS NULL OR owner != ?)", (destination, owner)).fetchone()
+            if row and row[0] is not None:
+                next_due[destination] = float(row[0])
+        return claimed, next_due, seqs
+
+    async def renew(self, keys: Sequence[tuple[int, str]], owner: str, until: float) -> None:
+        """Keep claimed deliveries that are still waiting in memory leased."""
+        if keys:
+            await self._write(lambda conn: conn.executemany(
+                "UPDATE deliveries SET due_at = ? WHERE event_seq = ? AND destination = ? AND "
+                "owner = ?", [(until, seq, dest, owner) for seq, dest in keys]))
+
+    async def record(self, outcomes: Sequence[Outcome], requests: Sequence[RequestExcerpt],
+                     owner: str, now: float, plaintext: frozenset[str] = frozenset()) -> None:
+        due = await self._write(self._record, outcomes, requests, owner, now, plaintext)
+        if due:
+            self.notifier.publish(Changes(due=dict.fromkeys(due, now)))
+
+    @staticmethod
+    def _record(conn: sqlite3.Connection, outcomes: Sequence[Outcome],
+                requests: Sequence[RequestExcerpt], owner: str, now: float,
+                plaintext: frozenset[str]) -> set[str]:
+        request_ids = [int(conn.execute(
+            "INSERT INTO requests (destination, at, request, response) VALUES (?,?,?,?)",
+            (r.destination, r.at, _dumps(r.request) if r.request is not None else None,
+             _dumps(r.response) if r.response is not None else None)).lastrowid or 0)
+            for r in requests]
+        at = _utc(now)
+        attempts: list[tuple[Any, ...]] = []
+        parked: list[tuple[int, str]] = []
+        finals: set[int] = set()
+        for o in outcomes:
+            request_id = request_ids[o.request_ref] if o.request_ref is not None else None
+            row = conn.execute(
+                "UPDATE deliveries SET status = ?, reason = ?, attempts = attempts + ?, "
+                "last_attempt_at = CASE WHEN ? THEN ? ELSE last_attempt_at END, "
+                "next_retry_at = ?, due_at = ?, owner = NULL, drop_reason = NULL, "
+                "latency_ms = COALESCE(?, latency_ms), "
+                "request_id = COALESCE(?, request_id) "
+                "WHERE event_seq = ? AND destination = ? AND (owner = ? OR owner IS NULL) "
+                "RETURNING attempts",
+                (o.status, o.error, int(o.attempted), int(o.attempted), at, o.next_retry_at,
+                 o.due_at, o.latency_ms, request_id, o.event_seq, o.destination,
+                 owner)).fetchone()
+            if row is None:  # our lease ran out and another process took the row
+                continue
+            if o.attempted:
+                status = "paused" if o.status == "queued" and o.due_at is None else o.status
+                attempts.append((o.event_seq, o.destination, row[0], at, status, o.error,
+                                 o.attempt_ms, request_id))
+            if o.status == "queued" and o.due_at is None:
+                parked.append((o.event_seq, o.destination))
+            if o.status in ("delivered", "dropped") and o.destination in plaintext:
+                finals.add(o.event_seq)
+        if attempts:
+            conn.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?)", attempts)
+        due: set[str] = set()
+        for seq, destination in parked:
+            # parked as "paused", but the pause may have been lifted meanwhile: then it is
+            # due now, never stranded without a pause to lift
+            row = conn.execute(
+                "UPDATE deliveries SET due_at = ?, round_start = attempts WHERE event_seq = ? "
+                "AND destination = ? AND due_at IS NULL AND NOT EXISTS (SELECT 1 FROM pauses p "
+                "WHERE p.destination = "
+                "deliveries.destination AND p.account = deliveries.account AND "
+                "p.environment = deliveries.environment) RETURNING destination",
+                (now, seq, destination)).fetchone()
+            if row:
+                due.add(row[0])
+        if plaintext and finals:
+            marks = ",".join("?" * len(plaintext))
             conn.executemany(
-                "INSERT OR REPLACE INTO deliveries (event_seq, destination, status, attempts, "
-                "last_error, queued_at, last_attempt_at, next_retry_at, latency_ms, due_at, "
-                "destination_version, request, response) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(o.event_seq, o.destination, o.status, o.attempts, o.last_error, o.queued_at,
-                  o.last_attempt_at, o.next_retry_at, o.latency_ms, o.due_at,
-                  o.destination_version, _dumps(o.request) if o.request is not None else None,
-                  _dumps(o.response) if o.response is not None else None) for o in outcomes])
-            waiting = [o.event_seq for o in outcomes if o.status == "queued" and o.due_at is None]
-            if waiting:
-                # written as "paused", but the pause may have been lifted meanwhile: then
-                # they are due now, never stranded without a pause to lift
-                marks = ",".join("?" * len(waiting))
-                conn.execute(
-                    f"UPDATE deliveries SET due_at = ? WHERE destination = ? AND status = "
-                    f"'queued' AND due_at IS NULL AND event_seq IN ({marks}) AND NOT EXISTS ("
-                    f"SELECT 1 FROM pauses p JOIN events e ON e.seq = deliveries.event_seq "
-                    f"WHERE p.destination = deliveries.destination AND p.account = e.account "
-                    f"AND p.environment = e.environment)",
-                    (time.time(), destination, *waiting))
-            if cursor is not None:
-                conn.execute("UPDATE cursors SET seq = MAX(seq, ?) WHERE destination = ? "
-                             "AND (owner = ? OR ? IS NULL)", (cursor, destination, owner, owner))
-            for seq, dests in (scrub or {}).items():
-                marks = ",".join("?" * len(dests))
-                pending = conn.execute(
-                    f"SELECT count(*) FROM deliveries WHERE event_seq = ? AND destination IN "
-                    f"({marks}) AND status IN ('delivered', 'dropped')", (seq, *dests)).fetchone()
-                if pending and pending[0] == len(dests):
-                    conn.execute("UPDATE events SET pii = NULL WHERE seq = ?", (seq,))
-        await self._write(write)
+                f"UPDATE events SET pii = NULL WHERE seq = ? AND pii IS NOT NULL AND NOT EXISTS ("
+                f"SELECT 1 FROM deliveries d WHERE d.event_seq = events.seq AND d.status IN "
+                f"('queued', 'failed') AND d.destination IN ({marks}))",
+                [(seq, *sorted(plaintext)) for seq in finals])
+        due.update(o.destination for o in outcomes if o.due_at is not None and o.due_at <= now)
+        return due
+
+    async def release(self, keys: Sequence[tuple[int, str]], owner: str, now: float) -> None:
+        if not keys:
+            return
+        await self._write(lambda conn: conn.executemany(
+            "UPDATE deliveries SET owner = NULL, due_at = ? WHERE event_seq = ? AND "
+            "destination = ? AND owner = ?", [(now, seq, dest, owner) for seq, dest in keys]))
+        self.notifier.publish(Changes(due=dict.fromkeys((d for _, d in keys), now)))
 
     async def pause(self, destination: str, account: str, environment: str, reason: str) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            since = _utc_now()
+            since = _utc()
             cur = conn.execute("INSERT OR IGNORE INTO pauses VALUES (?,?,?,?,?)",
                                (destination, account, environment, reason, since))
             if cur.rowcount:
@@ -460,13 +596,14 @@ class SQLiteStore(Store):
                              "action": "fix the credentials, then `router resume` or reload"},
                             since)
         await self._write(write)
+        self.notifier.publish(Changes(pauses=True))
 
     async def pauses(self) -> list[Pause]:
         rows = await self._read("SELECT * FROM pauses ORDER BY since")
         return [Pause(*r) for r in rows]
 
     async def resume(self, destination: str | None = None, account: str | None = None) -> int:
-        def write(conn: sqlite3.Connection) -> int:
+        def write(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
             where, args = "1=1", []
             if destination:
                 where += " AND destination = ?"
@@ -479,21 +616,49 @@ class SQLiteStore(Store):
             now = time.time()
             for dest, acc, env in lifted:
                 conn.execute(
-                    "UPDATE deliveries SET due_at = ? WHERE destination = ? AND status = 'queued'"
-                    " AND due_at IS NULL AND event_seq IN (SELECT seq FROM events WHERE "
-                    "account = ? AND environment = ?)", (now, dest, acc, env))
+                    "UPDATE deliveries SET due_at = ?, round_start = attempts WHERE account = ? "
+                    "AND environment = ? AND destination = ? AND due_at IS NULL AND "
+                    "status = 'queued'", (now, acc, env, dest))
             conn.execute(f"DELETE FROM pauses WHERE {where}", args)
-            resolved_at = _utc_now()
+            resolved_at = _utc()
             for dest, acc, env in lifted:
                 _resolve_alert(conn, PAUSE_ALERT, pause_subject(dest, acc, env), resolved_at)
-            return len(lifted)
-        return int(await self._write(write))
+            return [tuple(r) for r in lifted]
+        lifted = await self._write(write)
+        self.notifier.publish(Changes(due=dict.fromkeys((d for d, _, _ in lifted), time.time()),
+                                      pauses=True))
+        return len(lifted)
+
+    async def requeue(self, *, since: str | None = None, destination: str | None = None,
+                      statuses: Sequence[str] = ("failed", "dropped"),
+                      event_id: str | None = None, account: str | None = None) -> int:
+        def write(conn: sqlite3.Connection) -> list[str]:
+            where = [f"d.status IN ({','.join('?' * len(statuses))})"]
+            args: list[Any] = list(statuses)
+            for clause, value in (("d.destination = ?", destination), ("e.event_id = ?", event_id),
+                                  ("d.account = ?", account), ("e.received_at >= ?", since)):
+                if value:
+                    where.append(clause)
+                    args.append(value)
+            rows = conn.execute(
+                "UPDATE deliveries SET status = 'queued', due_at = ?, round_start = attempts, "
+                "next_retry_at = NULL, owner = NULL, reason = NULL WHERE (event_seq, destination) "
+                "IN (SELECT d.event_seq, d.destination FROM deliveries d JOIN events e ON "
+                "e.seq = d.event_seq WHERE " + " AND ".join(where) + ") RETURNING destination",
+                [time.time(), *args]).fetchall()
+            return [r[0] for r in rows]
+        requeued = await self._write(write)
+        if requeued:
+            self.notifier.publish(Changes(due=dict.fromkeys(requeued, time.time())))
+        return len(requeued)
+
+    # --- alerts ------------------------------------------------------------------------
 
     async def open_alert(self, kind: str, subject: str, detail: Mapping[str, Any]) -> bool:
-        return bool(await self._write(_open_alert, kind, subject, detail, _utc_now()))
+        return bool(await self._write(_open_alert, kind, subject, detail, _utc()))
 
     async def resolve_alert(self, kind: str, subject: str) -> bool:
-        return bool(await self._write(_resolve_alert, kind, subject, _utc_now()))
+        return bool(await self._write(_resolve_alert, kind, subject, _utc()))
 
     async def alerts(self, *, open_only: bool = False, kind: str | None = None,
                      limit: int = 100) -> list[Alert]:
@@ -507,35 +672,46 @@ class SQLiteStore(Store):
         rows = await self._read(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
         return [Alert(r[0], r[1], r[2], r[3], r[4], _loads(r[5]) or {}) for r in rows]
 
-    async def requeue(self, *, since: str | None = None, destination: str | None = None,
-                      statuses: Sequence[str] = ("failed", "dropped"),
-                      event_id: str | None = None, account: str | None = None) -> int:
+    # --- housekeeping ------------------------------------------------------------------
+
+    async def expire(self, now: float, window_seconds: float) -> int:
         def write(conn: sqlite3.Connection) -> int:
-            where = [f"d.status IN ({','.join('?' * len(statuses))})"]
-            args: list[Any] = list(statuses)
-            for clause, value in (("d.destination = ?", destination), ("e.event_id = ?", event_id),
-                                  ("e.account = ?", account), ("e.received_at >= ?", since)):
-                if value:
-                    where.append(clause)
-                    args.append(value)
-            cur = conn.execute(
-                "UPDATE deliveries SET status = 'queued', due_at = ?, attempts = 0, "
-                "next_retry_at = NULL WHERE (event_seq, destination) IN (SELECT d.event_seq, "
-                "d.destination FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE "
-                + " AND ".join(where) + ")", [time.time(), *args])
-            return int(cur.rowcount)
+            keys = conn.execute("DELETE FROM ack_keys WHERE created_at < ?",
+                                (now - window_seconds,)).rowcount
+            kept = conn.execute("DELETE FROM decisions WHERE created_at < ?",
+                                (now - DECISION_TTL_SECONDS,)).rowcount
+            return int(keys) + int(kept)
         return int(await self._write(write))
 
-    async def counts(self) -> dict[str, int]:
-        out = {}
-        for table in ("events", "deliveries", "identity_links", "dedup_keys"):
-            rows = await self._read(f"SELECT count(*) FROM {table}")
-            out[table] = int(rows[0][0]) if rows else 0
-        return out
+
+# --- helpers -----------------------------------------------------------------------------
+
+def _delivery_rows(seq: int, account: str, environment: str, received_at: str,
+                   routes: Mapping[str, Any], now: float,
+                   due: dict[str, float]) -> list[tuple[Any, ...]]:
+    out = []
+    for destination, route in routes.items():
+        queued = route.get("status") == "queued"
+        due_at = float(route.get("due_at") or now) if queued else None
+        if due_at is not None:
+            due[destination] = min(due.get(destination, due_at), due_at)
+        out.append((seq, destination, account, environment, route.get("status"),
+                    route.get("reason"), received_at, due_at, route.get("version"),
+                    route.get("drop_reason")))
+    return out
 
 
-def _utc_now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+def _identity(conn: sqlite3.Connection, account: str, identifiers: Iterable[str]) -> IdentityView:
+    view = IdentityView()
+    for ident, root in _select_in(conn, "SELECT identifier, root FROM identity_links "
+                                  "WHERE account = ? AND identifier IN ({})", (account,),
+                                  identifiers):
+        view.roots[ident] = root
+    for root, attrs in _select_in(conn, "SELECT root, attributes FROM identity_profiles "
+                                  "WHERE account = ? AND root IN ({})", (account,),
+                                  view.roots.values()):
+        view.profiles[root] = _loads(attrs)
+    return view
 
 
 def _open_alert(conn: sqlite3.Connection, kind: str, subject: str,
@@ -562,7 +738,8 @@ def _select_in(conn: sqlite3.Connection, sql: str, fixed: tuple[Any, ...],
 
 _EVENT_COLUMNS = ("seq", "account", "environment", "event_id", "event_name", "source",
                   "source_event", "status", "occurred_at", "received_at", "release_at", "body",
-                  "evidence", "routes", "pii")
+                  "evidence", "pii", "raw")
+_EVENT_SELECT = ", ".join(f"e.{c}" for c in _EVENT_COLUMNS)
 
 
 def _stored_from_row(row: Sequence[Any]) -> StoredEvent:
@@ -572,14 +749,17 @@ def _stored_from_row(row: Sequence[Any]) -> StoredEvent:
         account=r["account"], environment=r["environment"], event_id=r["event_id"],
         event_name=r["event_name"], source=r["source"], source_event=r["source_event"],
         status=r["status"], occurred_at=r["occurred_at"], received_at=r["received_at"],
-        body=_loads(r["body"]), evidence=evidence, routes=_loads(r["routes"]) or {},
+        body=_loads(r["body"]), evidence=evidence, routes={},
         keys=tuple(evidence.get("keys", ())), release_at=r["release_at"],
-        pii=_loads(r["pii"])))
+        pii=_loads(r["pii"]), raw=_loads(r["raw"])))
 
 
 def _delivery(r: Sequence[Any]) -> DeliveryView:
+    status, reason = r[6], r[7]
     return DeliveryView(
         event_seq=r[0], event_id=r[1], event_name=r[2], account=r[3], environment=r[4],
-        destination=r[5], status=r[6], reason=r[7], attempts=r[8], last_error=r[9],
-        queued_at=r[10], last_attempt_at=r[11], next_retry_at=r[12], latency_ms=r[13],
-        destination_version=r[14], request=_loads(r[15]), response=_loads(r[16]))
+        destination=r[5], status=status,
+        reason=reason if status == "dropped" else None,
+        attempts=r[8], last_error=reason if status != "dropped" or r[8] else None,
+        queued_at=r[9], last_attempt_at=r[10], next_retry_at=r[11], latency_ms=r[12],
+        destination_version=r[13], request=_loads(r[14]), response=_loads(r[15]))

@@ -47,7 +47,10 @@ def make_config_dir(target: Path, **router_overrides: Any) -> Path:
     start = text.index("\n  lead:\n")
     marker = "    dedup_keys: []\n"
     at = text.index(marker, start) + len(marker)
-    canonical.write_text(text[:at] + "    hold: 2\n" + text[at:])  # pixel+server lead halves
+    text = text[:at] + "    hold: 2\n" + text[at:]  # pixel+server lead halves
+    text = text.replace("    dedup_keys: [order_id]\n    hold: 30\n",
+                        "    dedup_keys: [order_id]\n    hold: 2\n")  # purchase halves, shortened
+    canonical.write_text(text)
     awin = target / "destinations.d" / "awin.yaml"  # its 30 s send delay, shortened
     awin.write_text(awin.read_text().replace("delay_seconds: 30", "delay_seconds: 1"))
     router_yaml = target / "configs" / "router.yaml"
@@ -55,7 +58,6 @@ def make_config_dir(target: Path, **router_overrides: Any) -> Path:
     data["server"]["trusted_proxy_header"] = "X-Forwarded-For"
     data["server"]["max_batch_events"] = 50
     data["server"]["pixel_rate_limit_per_minute"] = 120
-    data.setdefault("delivery", {})["poll_interval_ms"] = 20
     for key, value in router_overrides.items():
         data["server"][key] = value
     router_yaml.write_text(yaml.safe_dump(data))
@@ -96,8 +98,15 @@ class Service:
         return requests.get(self.url + path, params=params, timeout=10,
                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
 
-    def event(self, event_id: str, **params: Any) -> dict[str, Any]:
-        response = self.admin(f"/admin/events/{event_id}", **params)
+    def event(self, event_id: str, timeout: float = 10.0, **params: Any) -> dict[str, Any]:
+        """The event's story; the processor decides shortly after the acknowledgement,
+        so a lookup right after sending waits for it (up to `timeout`)."""
+        deadline = time.time() + timeout
+        while True:
+            response = self.admin(f"/admin/events/{event_id}", **params)
+            if response.status_code != 404 or time.time() > deadline:
+                break
+            time.sleep(0.05)
         assert response.status_code == 200, response.text
         return response.json()
 

@@ -154,7 +154,8 @@ def test_auth_failure_pauses_without_burning_attempts(service: Service) -> None:
                                        if p["destination"] == "adsink"], what="a pause")
     assert paused[0]["account"] == "acme" and "401" in paused[0]["reason"]
     waiting = paused_delivery(service, tag)
-    assert waiting["status"] == "queued" and waiting["attempts"] == 0
+    # the refused attempt is in the history; the retry policy's count starts over on resume
+    assert waiting["status"] == "queued" and waiting["attempts"] == 1
     tag2 = f"auth2-{uuid.uuid4()}"
     acme(service, signup(tag2))  # arrives while paused: waits too, nothing is lost
     assert paused_delivery(service, tag2)["status"] == "queued"
@@ -165,6 +166,9 @@ def test_auth_failure_pauses_without_burning_attempts(service: Service) -> None:
     assert admin_post(service, "/admin/resume", {"destination": "adsink"})["resumed"] == 1
     assert settle(service, tag, "adsink")["status"] == "delivered"
     assert settle(service, tag2, "adsink")["status"] == "delivered"
+    history = service.deliveries(tag)["adsink"]["history"]
+    assert [(h["n"], h["status"]) for h in history] == [(1, "paused"), (2, "delivered")]
+    assert "401" in history[0]["error"] and history[0]["response"]["status"] == 401
     after = {a["id"]: a for a in service.admin("/admin/alerts").json()["alerts"]}
     assert after[opened[0]["id"]]["resolved_at"]  # the audit trail keeps it, resolved
     still_open = service.admin("/admin/alerts", open="true").json()["alerts"]
@@ -225,5 +229,5 @@ def test_a_held_half_without_its_partner_is_decided_when_the_hold_ends(service: 
                             (d.get("last_error") or "").startswith("held") and d, what="a hold")
     assert held["status"] == "queued"
     final = settle(service, tag, "adsink")
-    assert final["status"] == "dropped" and "send_if" in final["last_error"]
+    assert final["status"] == "dropped" and "send_if" in final["reason"]
     assert requests_for(service, "adsink", tag) == []

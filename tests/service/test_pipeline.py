@@ -26,8 +26,10 @@ from tests.service.conftest import (
 
 
 def track(service: Service, message: dict[str, object], key: str = "demo-write-key",
-          path: str = "/v1/track") -> requests.Response:
+          path: str = "/v1/track", wait: bool = True) -> requests.Response:
+    """POST like an SDK; `wait` (?wait=true) answers with stage 2's decision."""
     return requests.post(service.url + path, data=json.dumps(message), auth=(key, ""), timeout=15,
+                         params={"wait": "true"} if wait else None,
                          headers={"Content-Type": "application/json"})
 
 
@@ -71,7 +73,7 @@ def test_pixel_and_webhook_halves_merge_into_one_purchase(service: Service) -> N
     order_id = 4_400_000_000_000 + uuid.uuid4().int % 1_000_000_000
     pixel_id = f"px-{order_id}"
     pixel = requests.post(
-        service.url + "/collect?account=demo", timeout=10,
+        service.url + "/collect?account=demo&wait=true", timeout=10,
         data=json.dumps({"event": "purchase", "event_id": pixel_id,
                          "page": {"url": "https://shop.test/thanks?fbclid=ClickX"},
                          "data": {"order_id": str(order_id), "value": 59.9, "currency": "USD"}}),
@@ -82,10 +84,12 @@ def test_pixel_and_webhook_halves_merge_into_one_purchase(service: Service) -> N
                        "total_price": "59.90", "created_at": "2026-11-20T10:00:00Z",
                        "line_items": [{"product_id": 1, "title": "x", "price": "59.90",
                                        "quantity": 1}]}).encode()
-    webhook = requests.post(service.url + "/webhooks/shopify", data=body, timeout=10, headers={
-        "Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
-        "X-Shopify-Shop-Domain": "demo.myshopify.com", "X-Shopify-Event-Id": str(uuid.uuid4()),
-        "X-Shopify-Hmac-Sha256": shopify_hmac("demo-shopify-secret", body)})
+    headers = {"Content-Type": "application/json", "X-Shopify-Topic": "orders/create",
+               "X-Shopify-Shop-Domain": "demo.myshopify.com",
+               "X-Shopify-Event-Id": str(uuid.uuid4()),
+               "X-Shopify-Hmac-Sha256": shopify_hmac("demo-shopify-secret", body)}
+    webhook = requests.post(service.url + "/webhooks/shopify?wait=true", data=body, timeout=10,
+                            headers=headers)
     assert webhook.json()["results"][0]["status"] == "duplicate"
     stored = service.event(pixel_id)
     user = stored["event"]["user_data"]
@@ -156,7 +160,12 @@ def test_one_bad_event_in_a_batch_is_rejected_alone(service: Service) -> None:
     unmapped = service.event(f"un-{tag}")
     assert unmapped["status"] == "unmapped" and unmapped["source_event"] == "Something Custom"
     assert unmapped["deliveries"] == []
-    assert service.admin(f"/admin/events/bad-{tag}").status_code == 404
+    # the schema-rejected purchase is kept, visible with its code, and never routed
+    rejected = service.event(f"bad-{tag}")
+    assert rejected["status"] == "rejected" and rejected["deliveries"] == []
+    assert rejected["dedup"]["rejection"]["code"] == "invalid_event"
+    # the card number was refused at the gateway: not even a rejected event holds it
+    assert service.admin(f"/admin/events/pan-{tag}").status_code == 404
 
 
 def test_impossible_timestamps_do_not_fail_the_batch(service: Service) -> None:
@@ -181,7 +190,8 @@ def test_impossible_timestamps_do_not_fail_the_batch(service: Service) -> None:
 def test_error_codes(service: Service) -> None:
     def post(path: str, data: bytes, content_type: str = "application/json") -> requests.Response:
         return requests.post(service.url + path, data=data, auth=("demo-write-key", ""),
-                             headers={"Content-Type": content_type}, timeout=10)
+                             headers={"Content-Type": content_type}, timeout=10,
+                             params={"wait": "true"})
 
     malformed = post("/v1/track", b"{not json")
     assert (malformed.status_code, malformed.json()["error"]["code"]) == (400, "malformed_json")
@@ -270,8 +280,22 @@ def test_graceful_shutdown_keeps_acknowledged_events(tmp_path: Path) -> None:
             svc.process.kill()
     with sqlite3.connect(db) as conn:
         stored = {row[0] for row in conn.execute("SELECT event_id FROM events")}
-    assert set(ids) <= stored
-    assert ADMIN_TOKEN  # the restarted service would serve them again
+        waiting = {i for (ids_json,) in conn.execute("SELECT event_ids FROM inbox")
+                   for i in json.loads(ids_json)}
+        leases = conn.execute("SELECT count(*) FROM leases").fetchone()[0]
+        claimed = conn.execute("SELECT count(*) FROM deliveries WHERE owner IS NOT NULL"
+                               ).fetchone()[0]
+    # every acknowledged event is durable: decided, or still in the inbox for the next start
+    assert set(ids) <= stored | waiting
+    assert (leases, claimed) == (0, 0)  # a graceful stop hands every lease back at once
+    again = start_service(config_dir, db, tmp_path / "serve-2.log")
+    try:
+        for event_id in ids:
+            assert again.event(event_id)["event_name"] == "sign_up"
+    finally:
+        again.process.terminate()
+        again.process.wait(timeout=30)
+    assert ADMIN_TOKEN
     _ = fresh_ip, subprocess
 
 
@@ -311,7 +335,8 @@ def test_overload_is_shed_with_503_and_nothing_is_stored(tmp_path: Path) -> None
         assert later.status_code == 200, later.text  # the slot is free again
         assert svc.admin(f"/admin/events/{shed_ids[-1]}").status_code == 404
         metrics = requests.get(svc.url + "/metrics", timeout=5).text
-        assert "router_requests_shed_total 1.0" in metrics  # wait_for stopped at the first
+        # wait_for stopped at the first
+        assert 'router_requests_shed_total{reason="in_flight"} 1.0' in metrics
     finally:
         svc.process.terminate()
         svc.process.wait(timeout=30)

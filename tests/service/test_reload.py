@@ -18,7 +18,8 @@ def config_hash(service: Service) -> str:
 
 
 def send(service: Service, event: str, message_id: str) -> dict[str, object]:
-    response = requests.post(service.url + "/v1/track", auth=("demo-write-key", ""), timeout=10,
+    response = requests.post(service.url + "/v1/track?wait=true", auth=("demo-write-key", ""),
+                             timeout=10,
                              data=json.dumps({"type": "track", "event": event, "userId": "u",
                                               "messageId": message_id}),
                              headers={"Content-Type": "application/json"})

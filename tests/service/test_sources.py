@@ -24,7 +24,8 @@ from tests.service.conftest import (
 
 
 def post(service: Service, path: str, body: bytes, **headers: str) -> requests.Response:
-    return requests.post(service.url + path, data=body, timeout=10,
+    """POST a signed webhook and answer with stage 2's decision (?wait=true)."""
+    return requests.post(service.url + path, data=body, timeout=10, params={"wait": "true"},
                          headers={"Content-Type": "application/json", **headers})
 
 
