@@ -11,9 +11,6 @@ from router.config.model import CompiledConfig
 from router.delivery.classify import OK, Answer, classify
 from router.delivery.sandbox import Sandbox
 
-# Awin names failed orders by reference, not position: only a lone order is attributable.
-SINGLE_EVENT_ONLY = {"awin"}
-
 
 def sample_path(pattern: str) -> str:
     return re.sub(r"\{(\w+)(?::[^{}]+)?\}", lambda m: f"{m.group(1)}-1", pattern)
@@ -48,13 +45,15 @@ def test_per_event_errors_name_the_right_events(shipped_config: CompiledConfig) 
         if imitation.event_error is None:
             continue
         dest = shipped_config.destinations[imitation.destination]
-        count = 1 if imitation.destination in SINGLE_EVENT_ONLY else 4
-        bad = [0] if count == 1 else [1, 3]
+        count, bad = 4, [1, 3]
         errors = [{"index": i, "message": f"event {i} is wrong"} for i in bad]
-        body = {"orders": [{"orderReference": f"o-{i}"} for i in range(count)]}
+        # Awin's imitation echoes the orders it was sent and names the failed ones by
+        # reference: the payloads let event_key rules find them again
+        payloads = [{"orderReference": f"o-{i}"} for i in range(count)]
+        body = {"orders": payloads}
         verdict = classify(dest, _reply_as_answer(imitation.event_error,
                                                   {"count": count, "body": body,
-                                                   "errors": errors}), count)
+                                                   "errors": errors}), count, payloads)
         assert verdict.kind == OK, (imitation.destination, verdict)
         assert sorted(verdict.event_errors) == bad, (imitation.destination, verdict)
         assert all(f"event {i}" in verdict.event_errors[i] for i in bad), verdict
@@ -62,4 +61,4 @@ def test_per_event_errors_name_the_right_events(shipped_config: CompiledConfig) 
                                                                     "body": body}), count)
         assert clean.kind == OK and clean.event_errors == {}, (imitation.destination, clean)
         checked.append(imitation.destination)
-    assert {"pinterest", "linkedin"} <= set(checked), checked
+    assert {"pinterest", "linkedin", "awin"} <= set(checked), checked

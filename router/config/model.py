@@ -160,6 +160,9 @@ class DestinationConnection:
     enabled: bool = True
     test_mode: bool = False
     settings: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    # Global Privacy Control on a destination with a restricted-processing flag:
+    # "restrict" (send flagged, the default) or "drop"
+    gpc: str = "restrict"
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,14 @@ class Destination:
     sandbox: Mapping[str, Any] | None
     definition: Mapping[str, Any]  # the whole frozen document
     file: str
+    # hosts a 307/308 may lead to besides the request's own origin (HTTPS only)
+    redirect_hosts: tuple[str, ...] = ()
+    # events that occurred longer ago than this are dropped before batching
+    max_event_age_seconds: float | None = None
+    # JMESPath over one payload: the key a platform names failed events by
+    event_key: Expr | None = None
+    # the platform has a restricted-processing flag: GPC sends with it instead of dropping
+    gpc_restricts: bool = False
 
     @cached_property  # read per event and per Delivery; the parts never change
     def version_tag(self) -> str:

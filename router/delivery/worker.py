@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import time
 import uuid
 from collections import defaultdict
@@ -28,9 +27,10 @@ from typing import Any
 import aiohttp
 
 from router.config.model import CompiledConfig, Destination, DestinationConnection
-from router.delivery.classify import AUTH, OK, PERMANENT, RETRY, Answer, Verdict, classify
+from router.delivery import transport
+from router.delivery.age import too_old
+from router.delivery.classify import AUTH, OK, PERMANENT, RETRY, Verdict, classify
 from router.delivery.render import (
-    OutgoingRequest,
     Rendered,
     RenderError,
     batches,
@@ -39,6 +39,7 @@ from router.delivery.render import (
     render_payload,
     secrets_of,
 )
+from router.delivery.retry import RetryPolicy
 from router.expr.functions import iso_time, parse_time
 from router.pipeline.routing import QUEUED
 from router.store.base import Outcome, Store, StoredEvent
@@ -62,21 +63,6 @@ class Job:
     attempts: int
     queued_at: str
     rendered: Rendered | None = None
-
-
-class RetryPolicy:
-    """Exponential backoff with jitter; 5 attempts over about a day by default."""
-
-    def __init__(self, config: CompiledConfig, dest: Destination):
-        env_base = os.environ.get("ROUTER_RETRY_BASE_SECONDS")
-        self.base = float(env_base) if env_base else (
-            dest.retry_base_seconds or config.settings.retry_base_seconds)
-        self.factor = dest.retry_factor
-        self.max_attempts = dest.max_attempts or config.settings.max_attempts
-
-    def delay(self, attempts: int, retry_after: float | None = None) -> float:
-        backoff = self.base * self.factor ** max(0, attempts - 1) * random.uniform(0.8, 1.2)
-        return max(backoff, retry_after or 0.0)
 
 
 class Pacer:
@@ -103,8 +89,8 @@ class TokenCache:
     async def get(self, session: aiohttp.ClientSession, dest: Destination,
                   conn: DestinationConnection, account: str, environment: str) -> str | None:
         auth = dest.request.get("auth")
-        if not auth:
-            return None
+        if not auth or auth.get("type") != "oauth2_refresh_token":
+            return None  # no auth, or a scheme that signs each request (render.py)
         key = (dest.name, account, environment)
         token, expires = self._tokens.get(key, ("", 0.0))
         if token and expires > time.time() + 60:
@@ -300,7 +286,12 @@ class DestinationWorker:
                 continue
             ready: list[Rendered] = []
             by_seq = {job.event.seq: job for job in group}
+            now = time.time()
             for job in group:
+                stale = too_old(dest, job.event.row.body.get("occurred_at"), now)
+                if stale:  # before batching: one stale event must not fail a whole request
+                    outcomes.append(self._final(dest, job, "dropped", stale))
+                    continue
                 try:
                     job.rendered = render_payload(dest, conn, job.event.seq, job.event.row.body,
                                                   job.event.row.pii)
@@ -335,9 +326,9 @@ class DestinationWorker:
                 pacer = self._pacers.setdefault((account, environment),
                                                 Pacer(dest.rate_per_second))
                 await pacer.wait()
-            answer = await self._send(request)
+            answer = await transport.send(self._session, request, dest.redirect_hosts)
         self.sent_requests += 1
-        verdict = classify(dest, answer, len(jobs))
+        verdict = classify(dest, answer, len(jobs), [r.payload for r in rendered])
         secrets = secrets_of(connection_settings(dest, conn), token)
         excerpt_req = request.excerpt(secrets)
         excerpt_resp = {"status": answer.status, "body": answer.body[:2048].decode(
@@ -357,21 +348,6 @@ class DestinationWorker:
             return left + right
         return [self._after(dest, job, index, verdict, policy, excerpt_req, excerpt_resp)
                 for index, job in enumerate(jobs)]
-
-    async def _send(self, request: OutgoingRequest) -> Answer:
-        assert self._session is not None
-        started = time.perf_counter()
-        try:
-            async with self._session.request(request.method, request.url, data=request.body,
-                                             headers=request.headers) as response:
-                body = await response.read()
-                return Answer(response.status, dict(response.headers), body,
-                              elapsed_ms=(time.perf_counter() - started) * 1000)
-        except TimeoutError:
-            return Answer(0, {}, b"", "timeout", (time.perf_counter() - started) * 1000)
-        except aiohttp.ClientError as exc:
-            return Answer(0, {}, b"", f"{type(exc).__name__}: {exc}",
-                          (time.perf_counter() - started) * 1000)
 
     # --- outcomes ------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ function is null-safe (None in, None out) because source payloads are sparse.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import re
@@ -206,6 +207,15 @@ def unix_micros(value: Any) -> int | None:
 def strftime(value: Any, fmt: str) -> str | None:
     dt = parse_time(value)
     return None if dt is None else dt.strftime(fmt)
+
+
+def to_base64(value: Any) -> str | None:
+    """Standard base64 (RFC 4648, with padding) of the text's UTF-8 bytes: HTTP Basic
+    auth is `"Basic " ~ (user ~ ":" ~ password) | base64` (Mixpanel's service accounts,
+    its project secret)."""
+    if value is None:
+        return None
+    return base64.b64encode(str(value).encode("utf-8")).decode("ascii")
 
 
 # --- URLs and attribute lists ------------------------------------------------------
@@ -528,6 +538,18 @@ def with_index(items: Any) -> list[dict[str, Any]] | None:
     if not isinstance(items, list):
         return None
     return [{"index": i, "value": v} for i, v in enumerate(items)]
+
+
+class KeepEmpty(list):  # type: ignore[type-arg]
+    """A list a platform requires even when empty: payload trees drop empty values,
+    except these (LinkedIn's `user.userIds`: "an empty list is required, not omitted")."""
+
+
+def keep_empty(value: Any) -> KeepEmpty:
+    """The value as a list that survives empty-value dropping (None -> [])."""
+    if value is None:
+        return KeepEmpty()
+    return KeepEmpty(compact(value) if isinstance(value, list) else [value])
 
 
 def first(value: Any) -> Any:

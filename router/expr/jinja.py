@@ -55,6 +55,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "as_list": fx.as_list,
     "project": fx.project,
     "is_sha256": fx.is_sha256,
+    "base64": fx.to_base64,
+    "keep_empty": fx.keep_empty,
 }
 
 

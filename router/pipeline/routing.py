@@ -88,7 +88,8 @@ def route(config: CompiledConfig, env: Environment, event: Event) -> dict[str, d
         version = dest.version_tag
         reason = condition_reason(dest, conn, event, platform_event, body)
         if reason is None:
-            decision = decide(event.consent, dest.consent_requires, dest.tcf_vendor_id)
+            decision = decide(event.consent, dest.consent_requires, dest.tcf_vendor_id,
+                              gpc_restricted=dest.gpc_restricts and conn.gpc == "restrict")
             reason = None if decision.allowed else decision.reason
         routes[name] = {"status": DROPPED, "reason": reason, "version": version} if reason \
             else {"status": QUEUED, "version": version}
