@@ -107,6 +107,7 @@ class CookieSpec:
     format: str
     from_query: str | None = None
     http_only: bool = False
+    max_age_days: int | None = None  # None: router.yaml server.cookie_max_age_days
 
 
 @dataclass(frozen=True)

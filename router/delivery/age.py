@@ -25,7 +25,7 @@ def too_old(dest: Destination, occurred_at: Any, now: float) -> str | None:
     age = now - occurred.timestamp()
     if age <= limit:
         return None
-    return (f"too old for {dest.name}: occurred {_span(age)} ago, the platform accepts "
+    return (f"not sent: too old for {dest.name}: occurred {_span(age)} ago, the platform accepts "
             f"events up to {_span(limit)} old (max_event_age)")
 
 

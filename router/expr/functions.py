@@ -234,6 +234,23 @@ def query_param(url: Any, name: str) -> str | None:
     return values[0] if values else None
 
 
+@functools.lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def regex_group(value: Any, pattern: str) -> str | None:
+    """The first capture group of the first match of `pattern` in the text (or the whole
+    match without a group); None when nothing matches. For values whose shape a cookie
+    or id defines ("GS2.1.s1732100000$o3..." -> the session's start time)."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    match = _pattern(pattern).search(str(value))
+    if match is None:
+        return None
+    return match.group(1) if match.re.groups else match.group(0)
+
+
 def split_tail(value: Any, sep: str, count: int) -> str | None:
     """The last `count` parts of a separated value ("GA1.1.123.456", ".", 2 -> "123.456")."""
     if not value or not isinstance(value, str):
@@ -283,6 +300,31 @@ def norm_email_alnum(value: Any) -> str | None:
         return email
     local, _, domain = email.rpartition("@")
     local = re.sub(r"[^a-z0-9]", "", local.split("+", 1)[0])
+    return f"{local}@{domain}" if local else None
+
+
+def norm_email_gmail_canonical(value: Any) -> str | None:
+    """Google's Data Manager form: for gmail.com / googlemail.com local parts, dots
+    removed and a "+tag" dropped ("cloudy.sf+shopping@gmail.com" -> "cloudysf@gmail.com");
+    other domains keep both (their mail servers may treat them as different boxes)."""
+    email = norm_email(value)
+    if not email or "@" not in email or is_sha256(email):
+        return email
+    local, _, domain = email.rpartition("@")
+    if domain in ("gmail.com", "googlemail.com"):
+        local = local.split("+", 1)[0].replace(".", "")
+    return f"{local}@{domain}" if local else None
+
+
+def norm_email_unaliased(value: Any) -> str | None:
+    """Any domain: the local part without dots and without a "+alias" (Reddit's
+    canonical email: "Al.ice+Apple@Example.Com" -> "alice@example.com"); other
+    characters stay."""
+    email = norm_email(value)
+    if not email or "@" not in email or is_sha256(email):
+        return email
+    local, _, domain = email.rpartition("@")
+    local = local.split("+", 1)[0].replace(".", "")
     return f"{local}@{domain}" if local else None
 
 

@@ -145,8 +145,8 @@ def _clean(value: Any, drop_empty: bool) -> Any:
                 if item or not drop_empty:
                     out[key] = item
                 continue
-            if t is KeepEmpty:  # required by the platform even when empty
-                out[key] = list(item)
+            if t is KeepEmpty:  # required by the platform even when empty; it stays a
+                out[key] = item  # KeepEmpty so a wrapper rendering it again keeps it too
                 continue
             if t not in _SCALARS:
                 item = _clean(item, drop_empty)
@@ -160,7 +160,7 @@ def _clean(value: Any, drop_empty: bool) -> Any:
             return [v for v in items if not (v is None or v == "" or v == [] or v == {})]
         return items
     if kind is KeepEmpty:
-        return list(value)
+        return value
     if isinstance(value, Undefined):
         return None
     return value
