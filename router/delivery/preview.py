@@ -18,6 +18,7 @@ from router.delivery.render import (
     build_request,
     connection_settings,
     mask,
+    mask_header,
     render_payload,
     secrets_of,
 )
@@ -64,5 +65,6 @@ def preview(dest: Destination, conn: DestinationConnection, event: Event, body: 
         payload = orjson.loads(payload)
     return {"sent": True, "platform_event": rendered.platform_event,
             "request": {"method": request.method, "url": mask(request.url, secrets),
-                        "headers": {k: mask(v, secrets) for k, v in request.headers.items()},
+                        "headers": {k: mask_header(k, v, secrets)
+                                    for k, v in request.headers.items()},
                         "body": payload}}

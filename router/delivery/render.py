@@ -53,8 +53,17 @@ class OutgoingRequest:
         """What an operator sees: method, URL and headers with secrets masked, body cut."""
         body = self.body.decode("utf-8", "replace") if self.body else None
         return {"method": self.method, "url": mask(self.url, secrets),
-                "headers": {k: mask(v, secrets) for k, v in self.headers.items()},
+                "headers": {k: mask_header(k, v, secrets) for k, v in self.headers.items()},
                 "body": mask(body, secrets)[:limit] if body else None}
+
+
+def mask_header(name: str, value: str, secrets: Sequence[str]) -> str:
+    """Credentials derived from secrets (Basic's base64, OAuth signatures) do not contain
+    the secret's text: an Authorization header keeps only its scheme when masking."""
+    if secrets and name.lower() in ("authorization", "proxy-authorization"):
+        scheme = value.split(" ", 1)[0]
+        return f"{scheme} {MASK}" if " " in value else MASK
+    return mask(value, secrets)
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:
