@@ -403,7 +403,9 @@ def _compile_destination(loaded: Loaded, canonical: dict[str, CanonicalEventDef]
         "base_url": request.get("base_url"),
         "sign": {k: tree(v, "request", "sign", k) for k, v in (request.get("sign") or {}).items()}
         if request.get("sign") else None,
-        "auth": {k: tree(v, "request", "auth", k) for k, v in (request.get("auth") or {}).items()}
+        # `type` stays a plain word (it selects the scheme); every other key is a template
+        "auth": {k: v if k == "type" else tree(v, "request", "auth", k)
+                 for k, v in (request.get("auth") or {}).items()}
         if request.get("auth") else None,
     }
     destination = Destination(
@@ -445,10 +447,28 @@ def _compile_destination(loaded: Loaded, canonical: dict[str, CanonicalEventDef]
             retryable_status=frozenset(response.get("retryable_status") or DEFAULT_RETRYABLE),
             auth_status=frozenset(response.get("auth_status") or DEFAULT_AUTH)),
         sandbox=_checked_sandbox(data.get("sandbox"), tree),
-        definition=freeze(data), file=loaded.file)
+        definition=freeze(data), file=loaded.file,
+        redirect_hosts=tuple(request.get("redirect_hosts") or ()),
+        max_event_age_seconds=_duration(data.get("max_event_age")),
+        event_key=_optional_expr(loaded, ("response", "event_key"), response.get("event_key"),
+                                 issues),
+        gpc_restricts=consent.get("gpc") == "restrict")
     if any(i.severity == ERROR for i in issues[n_before:]):
         return None
     return destination
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: Any) -> float | None:
+    """Seconds from a number of seconds or "90s", "30m", "72h", "7d" (schema-checked)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    return float(text[:-1]) * DURATION_UNITS[text[-1]]
 
 
 def _checked_sandbox(sandbox: Any, tree: Any) -> Any:
@@ -519,7 +539,8 @@ def _compile_account(loaded: Loaded, mappings: dict[str, Loaded],
                 issues.extend(schemas.check_settings(loaded, (*path, "settings"), settings,
                                                      destinations[dest], dest))
             dests[dest] = DestinationConnection(dest, conn.get("enabled", True),
-                                                conn.get("test_mode", False), freeze(settings))
+                                                conn.get("test_mode", False), freeze(settings),
+                                                conn.get("gpc", "restrict"))
         envs[env_name] = Environment(env_name, MappingProxyType(sources),
                                      MappingProxyType(dests),
                                      (env.get("consent") or {}).get("region"))

@@ -107,6 +107,7 @@ class CookieSpec:
     format: str
     from_query: str | None = None
     http_only: bool = False
+    max_age_days: int | None = None  # None: router.yaml server.cookie_max_age_days
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,9 @@ class DestinationConnection:
     enabled: bool = True
     test_mode: bool = False
     settings: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    # Global Privacy Control on a destination with a restricted-processing flag:
+    # "restrict" (send flagged, the default) or "drop"
+    gpc: str = "restrict"
 
 
 @dataclass(frozen=True)
@@ -246,6 +250,14 @@ class Destination:
     definition: Mapping[str, Any]  # the whole frozen document
     file: str
     linger_ms: float | None = None  # None: delivery.linger_ms
+    # hosts a 307/308 may lead to besides the request's own origin (HTTPS only)
+    redirect_hosts: tuple[str, ...] = ()
+    # events that occurred longer ago than this are dropped before batching
+    max_event_age_seconds: float | None = None
+    # JMESPath over one payload: the key a platform names failed events by
+    event_key: Expr | None = None
+    # the platform has a restricted-processing flag: GPC sends with it instead of dropping
+    gpc_restricts: bool = False
 
     @cached_property  # read per event and per Delivery; the parts never change
     def version_tag(self) -> str:

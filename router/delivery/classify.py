@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,34 @@ def _message(dest: Destination, doc: dict[str, Any], fallback: str) -> str:
     return text[:500]
 
 
-def classify(dest: Destination, answer: Answer, size: int) -> Verdict:
+def _event_errors(dest: Destination, items: Any, payloads: Sequence[Any] | None) -> dict[int, str]:
+    """[{index | key, message}] -> {index: message}. A platform that names failed events
+    by a key of their own (an order reference) is read through `response.event_key`,
+    evaluated on each payload of the request; keys that match no payload are ignored."""
+    errors: dict[int, str] = {}
+    by_key: dict[str, list[int]] | None = None
+    for item in items or []:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message") or "rejected by platform")[:500]
+        index = item.get("index")
+        if isinstance(index, int) and not isinstance(index, bool):
+            errors[index] = message
+        elif item.get("key") is not None and dest.event_key is not None and payloads:
+            if by_key is None:
+                by_key = {}
+                for i, payload in enumerate(payloads):
+                    key = dest.event_key.search(payload)
+                    if key is not None:
+                        by_key.setdefault(str(key), []).append(i)
+            for i in by_key.get(str(item["key"]), ()):
+                errors[i] = message
+    return errors
+
+
+def classify(dest: Destination, answer: Answer, size: int,
+             payloads: Sequence[Any] | None = None) -> Verdict:
+    """`payloads` (this request's, in order) are needed only by event_key rules."""
     rules = dest.response
     retry_after = retry_after_seconds(answer.headers)
     if answer.status == 0:
@@ -84,11 +111,11 @@ def classify(dest: Destination, answer: Answer, size: int) -> Verdict:
     if success:
         errors: dict[int, str] = {}
         if rules.event_errors is not None:
-            for item in rules.event_errors.search(doc) or []:
-                if isinstance(item, dict) and isinstance(item.get("index"), int):
-                    errors[item["index"]] = str(item.get("message") or "rejected by platform")[:500]
+            errors = _event_errors(dest, rules.event_errors.search(doc), payloads)
         return Verdict(OK, event_errors=errors)
     message = f"HTTP {answer.status}: {_message(dest, doc, 'request failed')}"
+    if answer.error:  # e.g. a redirect that was not followed
+        message = f"{message} ({answer.error})"
     if answer.status in rules.auth_status or (rules.auth is not None and rules.auth.search(doc)):
         return Verdict(AUTH, message)
     if rules.retryable is not None:

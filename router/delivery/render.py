@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import orjson
 
 from router.config.model import Destination, DestinationConnection
+from router.delivery.signing import oauth1_header
 from router.expr.tree import merge_trees
 
 SECRET_SETTING = re.compile(r"(token|secret|password|passwd|key|signature)", re.IGNORECASE)
@@ -52,8 +53,17 @@ class OutgoingRequest:
         """What an operator sees: method, URL and headers with secrets masked, body cut."""
         body = self.body.decode("utf-8", "replace") if self.body else None
         return {"method": self.method, "url": mask(self.url, secrets),
-                "headers": {k: mask(v, secrets) for k, v in self.headers.items()},
+                "headers": {k: mask_header(k, v, secrets) for k, v in self.headers.items()},
                 "body": mask(body, secrets)[:limit] if body else None}
+
+
+def mask_header(name: str, value: str, secrets: Sequence[str]) -> str:
+    """Credentials derived from secrets (Basic's base64, OAuth signatures) do not contain
+    the secret's text: an Authorization header keeps only its scheme when masking."""
+    if secrets and name.lower() in ("authorization", "proxy-authorization"):
+        scheme = value.split(" ", 1)[0]
+        return f"{scheme} {MASK}" if " " in value else MASK
+    return mask(value, secrets)
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:
@@ -143,7 +153,9 @@ def batches(dest: Destination, rendered: Sequence[Rendered]) -> list[list[Render
 
 def build_request(dest: Destination, conn: DestinationConnection, batch: Sequence[Rendered],
                   events: Sequence[Mapping[str, Any]], access_token: str | None = None,
-                  now: float | None = None) -> OutgoingRequest:
+                  now: float | None = None, nonce: str | None = None) -> OutgoingRequest:
+    """The exact request for one batch. `now` and `nonce` pin the time- and randomness-
+    dependent parts of signatures (previews and tests); production leaves them unset."""
     settings = connection_settings(dest, conn)
     payloads = [r.payload for r in batch]
     context = {"settings": settings, "base_url": settings["base_url"],
@@ -182,8 +194,28 @@ def build_request(dest: Destination, conn: DestinationConnection, batch: Sequenc
     sign = dest.request.get("sign")
     if sign:
         headers.update(_signature(sign, context, body or b"", now))
+    auth = dest.request.get("auth")
+    if auth and auth.get("type") == "oauth1":
+        form = {k: _query_value(v) for k, v in (document or {}).items()} \
+            if body_kind == "form" else None
+        headers["Authorization"] = _oauth1(auth, settings, dest.request.get("method", "POST"),
+                                           url, form, now, nonce)
     return OutgoingRequest(dest.request.get("method", "POST"), url, headers, body,
                            tuple(r.seq for r in batch))
+
+
+def _oauth1(auth: Mapping[str, Any], settings: dict[str, Any], method: str, url: str,
+            form: dict[str, str] | None, now: float | None, nonce: str | None) -> str:
+    context = {"settings": settings, "base_url": settings["base_url"]}
+
+    def value(key: str) -> str | None:
+        tree = auth.get(key)
+        rendered = tree.render(context) if tree is not None else None
+        return str(rendered) if rendered not in (None, "") else None
+
+    return oauth1_header(method, url, value("consumer_key") or "", value("consumer_secret") or "",
+                         value("token"), value("token_secret"), form=form, nonce=nonce,
+                         timestamp=None if now is None else int(now))
 
 
 def _query_value(value: Any) -> str:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import random
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
@@ -29,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from router.config.model import CompiledConfig, Destination, DestinationConnection
+from router.delivery import transport
+from router.delivery.age import too_old
 from router.delivery.classify import AUTH, OK, PERMANENT, RETRY, Answer, Verdict, classify
 from router.delivery.render import (
     OutgoingRequest,
@@ -40,6 +40,7 @@ from router.delivery.render import (
     render_payload,
     secrets_of,
 )
+from router.delivery.retry import RetryPolicy
 from router.expr.functions import iso_time, parse_time
 from router.scheduling import Governor, Slicer
 from router.store.base import DueDelivery, Outcome, RequestExcerpt
@@ -73,21 +74,6 @@ class Job:
         return self.due.event.row.body
 
 
-class RetryPolicy:
-    """Exponential backoff with jitter; 5 attempts over about a day by default."""
-
-    def __init__(self, config: CompiledConfig, dest: Destination):
-        env_base = os.environ.get("ROUTER_RETRY_BASE_SECONDS")
-        self.base = float(env_base) if env_base else (
-            dest.retry_base_seconds or config.settings.retry_base_seconds)
-        self.factor = dest.retry_factor
-        self.max_attempts = dest.max_attempts or config.settings.max_attempts
-
-    def delay(self, attempts: int, retry_after: float | None = None) -> float:
-        backoff = self.base * self.factor ** max(0, attempts - 1) * random.uniform(0.8, 1.2)
-        return max(backoff, retry_after or 0.0)
-
-
 class Pacer:
     """Spaces requests to one connection at the destination's documented rate."""
 
@@ -112,8 +98,8 @@ class TokenCache:
     async def get(self, session: aiohttp.ClientSession, dest: Destination,
                   conn: DestinationConnection, account: str, environment: str) -> str | None:
         auth = dest.request.get("auth")
-        if not auth:
-            return None
+        if not auth or auth.get("type") != "oauth2_refresh_token":
+            return None  # no auth, or a scheme that signs each request (render.py)
         key = (dest.name, account, environment)
         token, expires = self._tokens.get(key, ("", 0.0))
         if token and expires > time.time() + 60:
@@ -321,7 +307,12 @@ class DestinationWorker:
                 continue
             ready: list[Rendered] = []
             by_seq: dict[int, Job] = {}
+            now = time.time()
             for job in group:
+                stale = too_old(dest, job.body.get("occurred_at"), now)
+                if stale:  # before batching: one stale event must not fail a whole request
+                    outcomes.append(_outcome(job, self.name, "dropped", stale))
+                    continue
                 try:
                     job.rendered = render_payload(dest, conn, job.seq, job.body,
                                                   job.due.event.row.pii)
@@ -384,7 +375,7 @@ class DestinationWorker:
         if dest.rate_per_second:
             pacer = self._pacers.setdefault((account, environment), Pacer(dest.rate_per_second))
             await pacer.wait()
-        answer = await self._send(request)
+        answer = await self._send(dest, request)
         if answer.status == 0 and answer.error and answer.error.startswith("invalid request"):
             # the HTTP client refused to send it (a control character in a header...)
             await self._split_or_fail(config, dest, conn, account, environment, jobs, policy,
@@ -395,7 +386,7 @@ class DestinationWorker:
         self.stats.batch_sizes.append(len(jobs))
         if len(self.stats.batch_sizes) > 1000:
             del self.stats.batch_sizes[:500]
-        verdict = classify(dest, answer, len(jobs))
+        verdict = classify(dest, answer, len(jobs), [r.payload for r in rendered])
         secrets = secrets_of(connection_settings(dest, conn), token)
         excerpt = RequestExcerpt(self.name, _now_iso(), request.excerpt(secrets), {
             "status": answer.status, "body": answer.body[:2048].decode("utf-8", "replace"),
@@ -434,23 +425,13 @@ class DestinationWorker:
         await self.writer.submit([_outcome(job, self.name, "dropped", reason) for job in jobs],
                                  None, self)
 
-    async def _send(self, request: OutgoingRequest) -> Answer:
+    async def _send(self, dest: Destination, request: OutgoingRequest) -> Answer:
         assert self._session is not None
         started = time.perf_counter()
         try:
-            async with self._session.request(request.method, request.url, data=request.body,
-                                             headers=request.headers,
-                                             allow_redirects=False) as response:
-                body = await response.read()
-                return Answer(response.status, dict(response.headers), body,
-                              elapsed_ms=(time.perf_counter() - started) * 1000)
-        except TimeoutError:
-            return Answer(0, {}, b"", "timeout", (time.perf_counter() - started) * 1000)
-        except (ValueError, aiohttp.InvalidURL) as exc:
+            return await transport.send(self._session, request, dest.redirect_hosts)
+        except (ValueError, aiohttp.InvalidURL) as exc:  # the client refused to send it
             return Answer(0, {}, b"", f"invalid request: {type(exc).__name__}: {exc}",
-                          (time.perf_counter() - started) * 1000)
-        except aiohttp.ClientError as exc:
-            return Answer(0, {}, b"", f"{type(exc).__name__}: {exc}",
                           (time.perf_counter() - started) * 1000)
 
     # --- outcomes --------------------------------------------------------------------------

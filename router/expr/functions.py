@@ -7,6 +7,7 @@ function is null-safe (None in, None out) because source payloads are sparse.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import re
@@ -208,6 +209,15 @@ def strftime(value: Any, fmt: str) -> str | None:
     return None if dt is None else dt.strftime(fmt)
 
 
+def to_base64(value: Any) -> str | None:
+    """Standard base64 (RFC 4648, with padding) of the text's UTF-8 bytes: HTTP Basic
+    auth is `"Basic " ~ (user ~ ":" ~ password) | base64` (Mixpanel's service accounts,
+    its project secret)."""
+    if value is None:
+        return None
+    return base64.b64encode(str(value).encode("utf-8")).decode("ascii")
+
+
 # --- URLs and attribute lists ------------------------------------------------------
 
 @functools.lru_cache(maxsize=4096)
@@ -222,6 +232,23 @@ def query_param(url: Any, name: str) -> str | None:
         return None
     values = _query(url).get(name)  # one page URL is read for ~10 click ids: parse once
     return values[0] if values else None
+
+
+@functools.lru_cache(maxsize=256)
+def _pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def regex_group(value: Any, pattern: str) -> str | None:
+    """The first capture group of the first match of `pattern` in the text (or the whole
+    match without a group); None when nothing matches. For values whose shape a cookie
+    or id defines ("GS2.1.s1732100000$o3..." -> the session's start time)."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    match = _pattern(pattern).search(str(value))
+    if match is None:
+        return None
+    return match.group(1) if match.re.groups else match.group(0)
 
 
 def split_tail(value: Any, sep: str, count: int) -> str | None:
@@ -273,6 +300,31 @@ def norm_email_alnum(value: Any) -> str | None:
         return email
     local, _, domain = email.rpartition("@")
     local = re.sub(r"[^a-z0-9]", "", local.split("+", 1)[0])
+    return f"{local}@{domain}" if local else None
+
+
+def norm_email_gmail_canonical(value: Any) -> str | None:
+    """Google's Data Manager form: for gmail.com / googlemail.com local parts, dots
+    removed and a "+tag" dropped ("cloudy.sf+shopping@gmail.com" -> "cloudysf@gmail.com");
+    other domains keep both (their mail servers may treat them as different boxes)."""
+    email = norm_email(value)
+    if not email or "@" not in email or is_sha256(email):
+        return email
+    local, _, domain = email.rpartition("@")
+    if domain in ("gmail.com", "googlemail.com"):
+        local = local.split("+", 1)[0].replace(".", "")
+    return f"{local}@{domain}" if local else None
+
+
+def norm_email_unaliased(value: Any) -> str | None:
+    """Any domain: the local part without dots and without a "+alias" (Reddit's
+    canonical email: "Al.ice+Apple@Example.Com" -> "alice@example.com"); other
+    characters stay."""
+    email = norm_email(value)
+    if not email or "@" not in email or is_sha256(email):
+        return email
+    local, _, domain = email.rpartition("@")
+    local = local.split("+", 1)[0].replace(".", "")
     return f"{local}@{domain}" if local else None
 
 
@@ -528,6 +580,18 @@ def with_index(items: Any) -> list[dict[str, Any]] | None:
     if not isinstance(items, list):
         return None
     return [{"index": i, "value": v} for i, v in enumerate(items)]
+
+
+class KeepEmpty(list):  # type: ignore[type-arg]
+    """A list a platform requires even when empty: payload trees drop empty values,
+    except these (LinkedIn's `user.userIds`: "an empty list is required, not omitted")."""
+
+
+def keep_empty(value: Any) -> KeepEmpty:
+    """The value as a list that survives empty-value dropping (None -> [])."""
+    if value is None:
+        return KeepEmpty()
+    return KeepEmpty(compact(value) if isinstance(value, list) else [value])
 
 
 def first(value: Any) -> Any:

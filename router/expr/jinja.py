@@ -28,6 +28,8 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "norm_email": fx.norm_email,
     "norm_email_gmail": fx.norm_email_gmail,
     "norm_email_alnum": fx.norm_email_alnum,
+    "norm_email_gmail_canonical": fx.norm_email_gmail_canonical,
+    "norm_email_unaliased": fx.norm_email_unaliased,
     "norm_phone": fx.norm_phone,
     "phone_digits": fx.phone_digits,
     "norm_name": fx.norm_name,
@@ -50,11 +52,14 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "unix_micros": fx.unix_micros,
     "strftime": fx.strftime,
     "query_param": fx.query_param,
+    "regex_group": fx.regex_group,
     "compact": fx.compact,
     "first_of": fx.first,
     "as_list": fx.as_list,
     "project": fx.project,
     "is_sha256": fx.is_sha256,
+    "base64": fx.to_base64,
+    "keep_empty": fx.keep_empty,
 }
 
 

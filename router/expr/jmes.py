@@ -35,6 +35,7 @@ _CUSTOM: dict[str, tuple[Callable[..., Any], int, int | None]] = {
     "query_param": (fx.query_param, 2, 2),
     "attr": (fx.attr, 2, 2),
     "split_tail": (fx.split_tail, 3, 3),
+    "regex_group": (fx.regex_group, 2, 2),
     "with_index": (fx.with_index, 1, 1),
     "first": (fx.first, 1, 1),
     "multiply": (fx.multiply, 2, 2),

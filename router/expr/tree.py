@@ -21,6 +21,7 @@ from typing import Any
 
 from jinja2 import Undefined
 
+from router.expr.functions import KeepEmpty
 from router.expr.jinja import (
     TemplateError,
     check_template,
@@ -144,6 +145,9 @@ def _clean(value: Any, drop_empty: bool) -> Any:
                 if item or not drop_empty:
                     out[key] = item
                 continue
+            if t is KeepEmpty:  # required by the platform even when empty; it stays a
+                out[key] = item  # KeepEmpty so a wrapper rendering it again keeps it too
+                continue
             if t not in _SCALARS:
                 item = _clean(item, drop_empty)
             if drop_empty and (item is None or item == "" or item == [] or item == {}):
@@ -155,6 +159,8 @@ def _clean(value: Any, drop_empty: bool) -> Any:
         if drop_empty:
             return [v for v in items if not (v is None or v == "" or v == [] or v == {})]
         return items
+    if kind is KeepEmpty:
+        return value
     if isinstance(value, Undefined):
         return None
     return value

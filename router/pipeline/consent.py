@@ -138,6 +138,7 @@ def normalize_consent(raw: dict[str, Any] | None, config: ConsentConfig, *, gpc:
                 for purpose in purposes:
                     _combine(explicit, purpose, consents.get(number, False))
 
+    before_gpc = dict(explicit)
     if gpc or _flag(raw.get("gpc")):
         signals.append("gpc")
         for purpose in config.gpc_denies:
@@ -154,6 +155,13 @@ def normalize_consent(raw: dict[str, Any] | None, config: ConsentConfig, *, gpc:
     if ALWAYS_GRANTED in purposes:
         purposes[ALWAYS_GRANTED] = True
     out: dict[str, Any] = {"purposes": purposes, "signals": signals, "default": mode}
+    # purposes refused by Global Privacy Control alone (every other signal, or the
+    # default, grants them): a platform with a restricted-processing flag may still
+    # receive the event, flagged (decide(..., gpc_restricted=True))
+    gpc_only = [p for p in config.gpc_denies if "gpc" in signals and not purposes.get(p)
+                and before_gpc.get(p, mode == "opt_out")]
+    if gpc_only:
+        out["gpc_only"] = gpc_only
     if region:
         out["region"] = region.upper()
     if tc_string:
@@ -162,9 +170,14 @@ def normalize_consent(raw: dict[str, Any] | None, config: ConsentConfig, *, gpc:
 
 
 def decide(consent: dict[str, Any], requires: tuple[str, ...],
-           tcf_vendor_id: int | None = None) -> Decision:
-    """May an event with this consent record go to a destination requiring `requires`?"""
+           tcf_vendor_id: int | None = None, gpc_restricted: bool = False) -> Decision:
+    """May an event with this consent record go to a destination requiring `requires`?
+
+    `gpc_restricted`: the destination sends Global Privacy Control opt-outs with its
+    restricted-processing flag, so purposes refused by GPC alone count as granted."""
     purposes = consent.get("purposes") or {}
+    if gpc_restricted and consent.get("gpc_only"):
+        purposes = {**purposes, **{p: True for p in consent["gpc_only"]}}
     tc_string = consent.get("tcf")
     if tc_string is None or tcf_vendor_id is None:  # the common case: purposes only
         for purpose in requires:

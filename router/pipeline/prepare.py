@@ -56,8 +56,13 @@ def prepare(config: CompiledConfig, mapping: SourceMapping, account: Account, en
     # account's home country: the best available guess at which law applies
     region = (event.user_data.get("country") or "").upper() or env.consent_region or \
         account.default_country
-    event = event.evolve(consent=normalize_consent(
-        event.consent, config.consent, gpc=bool(event.context.get("gpc")), region=region))
+    consent = normalize_consent(event.consent, config.consent,
+                                gpc=bool(event.context.get("gpc")), region=region)
+    if "gpc" in consent["signals"] and not event.context.get("gpc"):
+        # a GPC flag inside the source's consent object: templates read one place
+        # (event.context.gpc) to set restricted-processing flags
+        event = event.evolve(context={**event.context, "gpc": True})
+    event = event.evolve(consent=consent)
     idempotency = mapping.ingest.idempotency.search(message) if mapping.ingest.idempotency else None
     return Prepared(event, None, route(config, env, event) if routed else None,
                     str(idempotency) if idempotency not in (None, "") else None)

@@ -95,7 +95,8 @@ def decide_delivery(dest: Destination, conn: DestinationConnection, event: Event
     name = platform_name(dest, conn, event, body)
     if not name:
         return DeliveryDecision(False, reason="not_listed", cause="not_listed")
-    decision = decide(event.consent, dest.consent_requires, dest.tcf_vendor_id)
+    decision = decide(event.consent, dest.consent_requires, dest.tcf_vendor_id,
+                      gpc_restricted=dest.gpc_restricts and conn.gpc == "restrict")
     if not decision.allowed:
         return DeliveryDecision(False, name, decision.reason, "consent")
     condition = condition_reason(dest, conn, event, name, body)

@@ -190,7 +190,7 @@ def _destinations(config: CompiledConfig, case: dict[str, Any], account: str, en
         settings = override.get("settings", base_conn.settings)
         conn = DestinationConnection(name, True, bool(override.get("test_mode",
                                                                    base_conn.test_mode)),
-                                     freeze(settings))
+                                     freeze(settings), override.get("gpc", base_conn.gpc))
         out[name] = _destination_output(dest, conn, event, body, now)
     return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -66,25 +67,42 @@ def _cookie_value(spec: CookieSpec, value: str | None) -> str:
             .replace("{value}", value or ""))
 
 
-def cookie_plan(mapping: SourceMapping, request: web.Request,
-                page_url: str | None) -> tuple[dict[str, Any], dict[str, tuple[str, bool]]]:
-    """(_meta from cookies, cookies to set). A from_query cookie is replaced only when the
-    page URL carries a different value than the one it already holds."""
+def read_cookies(mapping: SourceMapping, cookies: Mapping[str, str]) -> dict[str, Any]:
+    """_meta from the request's cookies. A name ending in "*" collects every cookie with
+    that prefix as {rest of the name: value}: cookies named per container or stream
+    (`_ga_<container>`), which the destination picks from by its own id."""
     meta: dict[str, Any] = {}
-    to_set: dict[str, tuple[str, bool]] = {}
     for name, cookie in mapping.ingest.read_cookies.items():
-        if request.cookies.get(cookie):
-            meta[name] = request.cookies[cookie]
+        if cookie.endswith("*"):
+            prefix = cookie[:-1]
+            found = {k[len(prefix):]: v for k, v in sorted(cookies.items())
+                     if k.startswith(prefix) and len(k) > len(prefix) and v}
+            if found:
+                meta[name] = found
+        elif cookies.get(cookie):
+            meta[name] = cookies[cookie]
+    return meta
+
+
+def cookie_plan(mapping: SourceMapping, request: web.Request, page_url: str | None
+                ) -> tuple[dict[str, Any], dict[str, tuple[str, bool, int | None]]]:
+    """(_meta from cookies, cookies to set: name -> (value, http_only, max_age_days)).
+
+    A from_query cookie (a click id) is written only when the page URL carries a value it
+    does not already hold, so its lifetime counts from the click, and it keeps the click
+    id for later pages and events that arrive without it in their URL."""
+    meta = read_cookies(mapping, request.cookies)
+    to_set: dict[str, tuple[str, bool, int | None]] = {}
     for spec in mapping.ingest.set_cookies:
         current = request.cookies.get(spec.name)
         if spec.from_query:
             param = query_param(page_url, spec.from_query) if page_url else None
-            if param and not (current and current.endswith("." + param)):
+            if param and not (current and (current == param or current.endswith("." + param))):
                 current = _cookie_value(spec, param)
-                to_set[spec.name] = (current, spec.http_only)
+                to_set[spec.name] = (current, spec.http_only, spec.max_age_days)
         elif not current:
             current = _cookie_value(spec, None)
-            to_set[spec.name] = (current, spec.http_only)
+            to_set[spec.name] = (current, spec.http_only, spec.max_age_days)
         if current:
             meta[spec.meta] = current
     return meta, to_set
@@ -130,10 +148,10 @@ async def collect(request: web.Request) -> web.Response:
                              request)
     for key, value in _cors(origin or "").items():
         response.headers[key] = value
-    max_age = settings.cookie_max_age_days * 86400
-    for name, (value, http_only) in to_set.items():
-        response.set_cookie(name, value, max_age=max_age, path="/", secure=True,
-                            httponly=http_only, samesite="Lax", domain=settings.cookie_domain)
+    for name, (value, http_only, days) in to_set.items():
+        response.set_cookie(name, value, max_age=(days or settings.cookie_max_age_days) * 86400,
+                            path="/", secure=True, httponly=http_only, samesite="Lax",
+                            domain=settings.cookie_domain)
     return response
 
 

@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import requests
 from rudderstack.analytics import Client as RudderClient
@@ -264,7 +265,10 @@ def test_pixel_sets_first_party_cookies_and_captures_the_request(service: Servic
     assert {"rt_vid", "_fbp", "_fbc"} <= set(cookies)
     for cookie in cookies.values():
         assert cookie.secure
-        assert cookie.expires and cookie.expires > time.time() + 300 * 86400
+    for name in ("rt_vid", "_fbp"):  # the router's own ids: server.cookie_max_age_days
+        assert cookies[name].expires and cookies[name].expires > time.time() + 300 * 86400
+    # a click id lives as long as its platform documents (Meta: 90 days for _fbc)
+    assert abs(cookies["_fbc"].expires - time.time() - 90 * 86400) < 120
     set_cookie = response.headers["Set-Cookie"]
     assert "SameSite=Lax" in set_cookie and "HttpOnly" in set_cookie  # rt_vid
     fbc = cookies["_fbc"].value
@@ -324,3 +328,39 @@ def test_sec_gpc_is_captured_and_denies_advertising(service: Service) -> None:
     assert deliveries["adsink"]["status"] == "dropped"
     assert "advertising" in deliveries["adsink"]["reason"]
     assert deliveries["webhook"]["status"] in ("queued", "delivered")
+
+
+def test_click_ids_survive_the_landing_page_in_first_party_cookies(
+        service: Service, shipped_config: Any) -> None:
+    """The landing page's click ids become first-party cookies with the lifetimes the
+    pixel mapping declares; a later purchase on a page without them still carries them."""
+    declared = {c.name: c for c in shipped_config.mappings["pixel"].ingest.set_cookies
+                if c.from_query}
+    landing = ("https://shop.test/?gclid=Cj0-landing&msclkid=ms-landing&li_fat_id=li-landing"
+               "&twclid=tw-landing&fbclid=FbLanding")
+    ip = fresh_ip()
+    first = collect(service, {"event": "page_view", "event_id": f"cl-{uuid.uuid4()}",
+                              "page": {"url": landing}}, ip=ip)
+    assert first.status_code == 200, first.text
+    cookies = {c.name: c for c in first.cookies}
+    for name, param in (("rt_gclid", "gclid"), ("rt_msclkid", "msclkid"),
+                        ("rt_li_fat_id", "li_fat_id"), ("rt_twclid", "twclid")):
+        spec = declared[name]
+        assert spec.from_query == param
+        lifetime = cookies[name].expires - time.time()
+        assert abs(lifetime - spec.max_age_days * 86400) < 120, (name, lifetime)
+        assert cookies[name].secure and cookies[name].has_nonstandard_attr("HttpOnly")
+    assert cookies["rt_gclid"].value == "Cj0-landing"
+    assert abs(cookies["rt_li_fat_id"].expires - time.time() - 30 * 86400) < 120
+    jar = "; ".join(f"{c.name}={c.value}" for c in first.cookies)
+    purchase_id = f"cl-{uuid.uuid4()}"
+    later = collect(service, {"event": "purchase", "event_id": purchase_id,
+                              "page": {"url": "https://shop.test/thank-you"},
+                              "data": {"order_id": purchase_id, "value": 5, "currency": "EUR"}},
+                    ip=ip, Cookie=jar)
+    assert later.status_code == 200, later.text
+    assert not [c for c in later.cookies if c.name == "rt_gclid"]  # not rewritten
+    user = service.event(purchase_id)["event"]["user_data"]
+    assert user["gclid"] == "Cj0-landing" and user["msclkid"] == "ms-landing"
+    assert user["li_fat_id"] == "li-landing" and user["twclid"] == "tw-landing"
+    assert user["fbc"].endswith(".FbLanding")
