@@ -252,14 +252,14 @@ class Bench:
             self.warm(url)
             base1, cpu_b1 = self.load(self.base_url + "/v1/track", duration=plan.saturation_s,
                                       watch=watch)
-            tx0, ev0 = (metric(url, "router_group_commit_transactions"),
-                        metric(url, "router_group_commit_events"))
+            tx0, ev0 = (metric(url, "router_inbox_transactions"),
+                        metric(url, "router_inbox_messages"))
             threads0 = thread_cpu(router.pid)
             single, cpu_r = self.load(url + "/v1/track", duration=plan.saturation_s,
                                       watch=watch)
             threads1 = thread_cpu(router.pid)
-            tx1, ev1 = (metric(url, "router_group_commit_transactions"),
-                        metric(url, "router_group_commit_events"))
+            tx1, ev1 = (metric(url, "router_inbox_transactions"),
+                        metric(url, "router_inbox_messages"))
             base2, cpu_b2 = self.load(self.base_url + "/v1/track", duration=plan.saturation_s,
                                       watch=watch)
             base_rate = (base1.rate + base2.rate) / 2

@@ -146,46 +146,41 @@ class DeliveryPlane:
             if now >= renew_at:
                 await self._renew(now, lease)
                 renew_at = now + lease / 3
-            timers = [t for d, t in self._next_due.items() if d in self.workers]
-            wake_at = min([renew_at, *timers])
-            if not self._due_now(now):
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - now))
+            self._promote_due(now)
+            ready = {name: room for name in self._flags
+                     if name in config.destinations and (worker := self.workers.get(name))
+                     and (room := worker.room()) > 0}
+            if ready or self._reload_pauses:
+                try:
+                    await self._claim(now, lease, ready)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("claiming due deliveries failed; retrying in 1 s")
+                    await asyncio.sleep(1.0)
                 continue
-            try:
-                await self._claim(config, time.time(), lease)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("claiming due deliveries failed; retrying in 1 s")
-                await asyncio.sleep(1.0)
+            # nothing to claim now (no work, or the workers with work are full): sleep
+            # until a change, an outcome freeing room, or the next known due time
+            timers = [t for d, t in self._next_due.items() if d in self.workers]
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(),
+                                       max(0.0, min([renew_at, *timers]) - now))
 
-    def _due_now(self, now: float) -> bool:
+    def _promote_due(self, now: float) -> None:
         for destination, due_at in list(self._next_due.items()):
             if due_at <= now:
                 self._flags.add(destination)
                 del self._next_due[destination]
-        return bool(self._flags) or self._reload_pauses
 
-    async def _claim(self, config: CompiledConfig, now: float, lease: float) -> None:
+    async def _claim(self, now: float, lease: float, wanted: dict[str, int]) -> None:
         if self._reload_pauses:
             self._reload_pauses = False
             self.pauses.replace([(p.destination, p.account, p.environment)
                                  for p in await self.store.pauses()])
-        flagged, self._flags = self._flags, set()
-        wanted = {}
-        for name in flagged:
-            worker = self.workers.get(name)
-            if worker is None or name not in config.destinations:
-                continue
-            room = worker.room()
-            if room > 0:
-                wanted[name] = room
-            else:
-                self._flags.add(name)  # full: look again when its outcomes free room
         if not wanted:
             return
+        self._flags.difference_update(wanted)
         claimed, next_due = await self.store.claim_due(wanted, now, self.owner, lease)
         self.claims += 1
         for name in wanted:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.delivery")
 
 MAX_SPLIT_DEPTH = 12
+MAX_HELD = 2000  # claimed jobs one worker holds at most (bounds each claim transaction)
 
 
 def _now_iso(ts: float | None = None) -> str:
@@ -186,7 +187,7 @@ class DestinationWorker:
         dest = config.destinations.get(self.name)
         if dest is None:
             return 0
-        return max(100, 2 * dest.max_events * self.concurrency(config, dest))
+        return min(MAX_HELD, max(100, 2 * dest.max_events * self.concurrency(config, dest)))
 
     def room(self) -> int:
         return 0 if self._stopping else max(0, self.capacity() - len(self.held))
@@ -225,7 +226,9 @@ class DestinationWorker:
         timeout = aiohttp.ClientTimeout(total=dest.timeout_seconds)
         connector = aiohttp.TCPConnector(limit=max(4, concurrency * 2), keepalive_timeout=60)
         # redirects are not followed: a 3xx is the platform's answer, read by its rules
-        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+        # no cookie jar: platforms' cookies are not state a server-to-server sender keeps
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                              cookie_jar=aiohttp.DummyCookieJar())
         try:
             while not self._stopping:
                 if not self.queue:

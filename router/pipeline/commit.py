@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,6 +31,7 @@ from router.store.base import (
     EventRow,
     IdentityChanges,
     IdentityView,
+    LeaseCheck,
     Store,
     StoredEvent,
     WritePlan,
@@ -115,15 +116,21 @@ def _rejected_row(item: Item) -> EventRow:
         raw=redact(item.raw) if item.raw is not None else None)
 
 
+async def _no_pause() -> None:
+    return None
+
+
 def build_planner(config: CompiledConfig, items: Sequence[Item], now: float,
-                  received: Sequence[float]) -> Callable[..., WritePlan]:
+                  received: Sequence[float],
+                  tick: Callable[[], Awaitable[None]] = _no_pause
+                  ) -> Callable[..., Awaitable[WritePlan]]:
     def scoped(event: Event, key: str) -> str:
         return f"{event.account}{SEP}{event.environment}{SEP}{key}"
 
     live = [i for i, item in enumerate(items) if item.rejection is None]
 
-    def planner(existing: dict[tuple[str, str, str], StoredEvent],
-                identities: dict[str, IdentityView]) -> WritePlan:
+    async def planner(existing: dict[tuple[str, str, str], StoredEvent],
+                      identities: dict[str, IdentityView]) -> WritePlan:
         changes = IdentityChanges()
         graphs = {account: IdentityGraph(account, view, changes)
                   for account, view in identities.items()}
@@ -134,6 +141,7 @@ def build_planner(config: CompiledConfig, items: Sequence[Item], now: float,
             graphs.setdefault(event.account, IdentityGraph(event.account, IdentityView(),
                                                            changes))
             enriched[index], identity_evidence[index] = enrich(config, graphs, event)
+            await tick()
         for graph in graphs.values():
             graph.finalize()
         stored: dict[str, Stored] = {}
@@ -172,6 +180,7 @@ def build_planner(config: CompiledConfig, items: Sequence[Item], now: float,
                     evidence["hold"] = hold.evidence(definition.hold_seconds if definition
                                                      else 0)
                 routes = decide_routes(config, event, received[index], release)
+                await tick()
             raw = items[index].raw if event.status != MAPPED else None
             write.inserts.append(EventRow(
                 account=event.account, environment=event.environment, event_id=event.event_id,
@@ -240,11 +249,14 @@ def _keys(config: CompiledConfig, event: Event, item: Item) -> list[str]:
 
 async def commit(store: Store, config: CompiledConfig, items: Sequence[Item],
                  now: float | None = None, done_inbox: Sequence[int] = (),
-                 waiting: frozenset[int] = frozenset()) -> list[Result]:
+                 waiting: frozenset[int] = frozenset(), lease: LeaseCheck | None = None,
+                 tick: Callable[[], Awaitable[None]] = _no_pause) -> list[Result]:
     """Store one batch in one transaction; results in item order.
 
     `done_inbox` are the inbox rows this batch completes; the decisions of those in
-    `waiting` are kept for their senders (?wait=true)."""
+    `waiting` are kept for their senders (?wait=true). `tick` is awaited between events
+    while planning, so a long batch shares the loop; `lease` must still be held when
+    the batch is written (LeaseLost otherwise: nothing is written)."""
     now = time.time() if now is None else now
     keys: dict[tuple[str, str], set[str]] = defaultdict(set)
     idents: dict[str, set[str]] = defaultdict(set)
@@ -256,10 +268,10 @@ async def commit(store: Store, config: CompiledConfig, items: Sequence[Item],
             continue
         keys[(event.account, event.environment)].update(_keys(config, event, item))
         idents[event.account].update(identifiers(config, event))
-    planner = build_planner(config, items, now, received)
+    planner = build_planner(config, items, now, received, tick)
 
-    def plan_with_inbox(existing: Any, identities: Any) -> WritePlan:
-        plan = planner(existing, identities)
+    async def plan_with_inbox(existing: Any, identities: Any) -> WritePlan:
+        plan = await planner(existing, identities)
         plan.done_inbox = tuple(done_inbox)
         decisions: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for item, result in zip(items, plan.results, strict=True):
@@ -269,7 +281,8 @@ async def commit(store: Store, config: CompiledConfig, items: Sequence[Item],
         return plan
 
     plan, seqs = await store.ingest(BatchInput(dict(keys), dict(idents)),
-                                    config.settings.dedup_window_seconds, now, plan_with_inbox)
+                                    config.settings.dedup_window_seconds, now, plan_with_inbox,
+                                    lease)
     results: list[Result] = list(plan.results)
     inserted = iter(seqs)
     # inserts are written accepted/unmapped first, then rejected: match them back in order

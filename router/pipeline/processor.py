@@ -29,10 +29,11 @@ from router.pipeline.event import UNMAPPED, Event
 from router.pipeline.guard import Rejection
 from router.pipeline.prepare import prepare
 from router.scheduling import Governor, Slicer
-from router.store.base import Changes, InboxRow, Store
+from router.store.base import Changes, InboxRow, LeaseCheck, LeaseLost, Store
 
 log = logging.getLogger("router.processor")
 PARTITION_LEASE = "partition"
+BUSY_BATCH = 50  # messages per batch while ingest requests are waiting
 
 
 @dataclass
@@ -159,7 +160,11 @@ class Processor:
         owned = await self._leases(config)
         if not owned:
             return False
-        rows = await self.store.read_inbox(owned, config.settings.processor_batch_events)
+        # while the gateway is busy, small batches: the single writer is held briefly, so
+        # acknowledgements never wait long behind a decision transaction
+        limit = config.settings.processor_batch_events
+        rows = await self.store.read_inbox(owned, min(limit, BUSY_BATCH) if self.governor.busy
+                                           else limit)
         if not rows:
             return False
         await self.process(config, rows)
@@ -174,8 +179,19 @@ class Processor:
             items.extend(prepare_row(config, row))
             spans.append((row, start, len(items)))
             await slicer.tick()
-        results = await commit(self.store, config, items, done_inbox=[r.id for r in rows],
-                               waiting=frozenset(r.id for r in rows if r.wait))
+        partitions = tuple(sorted({str(r.partition) for r in rows}))
+        try:
+            results = await commit(self.store, config, items, done_inbox=[r.id for r in rows],
+                                   waiting=frozenset(r.id for r in rows if r.wait),
+                                   lease=LeaseCheck(PARTITION_LEASE, partitions, self.owner),
+                                   tick=slicer.tick)
+        except LeaseLost:
+            # another processor owns these partitions now: its batch, not ours
+            log.warning("partition lease lost before writing a batch of %d; left to its "
+                        "new owner", len(items))
+            self.owned = []
+            self._leases_until = 0.0
+            return []
         self.stats.batches += 1
         self.stats.messages += len(items)
         oldest = min((r.received_at for r in rows), default=None)

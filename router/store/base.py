@@ -25,7 +25,7 @@ import asyncio
 import logging
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,7 +146,22 @@ class BatchInput:
     identifiers: dict[str, set[str]]  # account -> identifiers
 
 
-Planner = Callable[[dict[tuple[str, str, str], StoredEvent], dict[str, IdentityView]], WritePlan]
+Planner = Callable[[dict[tuple[str, str, str], StoredEvent], dict[str, IdentityView]],
+                   Awaitable[WritePlan]]
+
+
+@dataclass(frozen=True)
+class LeaseCheck:
+    """Leases a write needs to still hold when it commits (the processor's partitions:
+    it read, then planned, and only the partitions' owner may write what it planned)."""
+
+    kind: str
+    keys: tuple[str, ...]
+    owner: str
+
+
+class LeaseLost(RuntimeError):
+    """A lease ran out between reading and writing: another process owns the work now."""
 
 
 # --- deliveries ------------------------------------------------------------------------
@@ -332,9 +347,16 @@ class Store(ABC):
 
     @abstractmethod
     async def ingest(self, batch: BatchInput, window_seconds: float, now: float,
-                     planner: Planner) -> tuple[WritePlan, list[int]]:
-        """Fetch what the batch touches, plan, apply in one transaction (events, their
-        deliveries, identity, the inbox rows it completes).
+                     planner: Planner, lease: LeaseCheck | None = None
+                     ) -> tuple[WritePlan, list[int]]:
+        """Fetch what the batch touches (stored events sharing a dedup key, the identity
+        roots and profiles of its identifiers), await the planner on it, and apply the
+        plan in one transaction (events, their deliveries, identity, the inbox rows it
+        completes) — refused with LeaseLost if `lease` is no longer held by then.
+
+        Reading and writing need not share a transaction: only the owner of an
+        account's partition writes its dedup keys and identity, and the lease check
+        at commit time proves it still is the owner.
 
         Returns the plan and the sequence numbers assigned to its inserts, in order."""
 

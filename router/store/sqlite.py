@@ -14,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiosqlite
@@ -37,6 +35,8 @@ from router.store.base import (
     IdentityView,
     InboxAppend,
     InboxRow,
+    LeaseCheck,
+    LeaseLost,
     Outcome,
     Pause,
     Planner,
@@ -47,6 +47,7 @@ from router.store.base import (
     pause_subject,
 )
 from router.store.sqlite_schema import migrate
+from router.store.sqlite_writer import URGENT, Writer
 
 _dumps = orjson.dumps
 DECISION_TTL_SECONDS = 600.0
@@ -76,24 +77,21 @@ class SQLiteStore(Store):
     def __init__(self, url: str):
         super().__init__()
         self.path = path_from_url(url)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._writer: sqlite3.Connection | None = None
+        self._writer = Writer(self._open_writer)
         self._reader: aiosqlite.Connection | None = None
-        self._lock = threading.Lock()
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def _open_writer(self) -> None:
+    def _open_writer(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
         migrate(conn)
-        self._writer = conn
+        return conn
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._open_writer)
+        await self._writer.start()
         self._reader = await aiosqlite.connect(self.path)
         await self._reader.execute_fetchall("PRAGMA busy_timeout=10000")
 
@@ -101,16 +99,10 @@ class SQLiteStore(Store):
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close_writer)
-        self._executor.shutdown(wait=True)
-
-    def _close_writer(self) -> None:
-        if self._writer is not None:
-            with contextlib.suppress(sqlite3.OperationalError):  # busy: another process
-                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self._writer.close()
-            self._writer = None
+        with contextlib.suppress(sqlite3.OperationalError):  # busy: another process
+            await self._writer.call(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)"),
+                                    transaction=False)
+        await self._writer.stop()
 
     async def watch_external(self, interval: float) -> None:
         """Notice other processes' commits: `data_version` changes only for them."""
@@ -129,27 +121,16 @@ class SQLiteStore(Store):
     # --- the writer thread ----------------------------------------------------------
 
     async def _write(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._in_transaction, fn, args)
-
-    def _in_transaction(self, fn: Any, args: tuple[Any, ...]) -> Any:
-        conn = self._writer
-        assert conn is not None, "store is not open"
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn, *args)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return result
+        """`fn(conn, *args)` in one write transaction on the writer thread."""
+        return await self._writer.call(fn, *args)
 
     # --- stage 1: the inbox ----------------------------------------------------------
 
     async def append(self, requests: Sequence[InboxAppend], window_seconds: float,
                      now: float) -> list[Appended]:
-        out: list[Appended] = await self._write(self._append, requests, now - window_seconds,
-                                                now)
+        out: list[Appended] = await self._writer.call(self._append, requests,
+                                                       now - window_seconds, now,
+                                                       priority=URGENT)
         self.notifier.publish(Changes(inbox=frozenset(r.partition for r in requests)))
         return out
 
@@ -222,19 +203,33 @@ class SQLiteStore(Store):
     # --- stage 2: events ---------------------------------------------------------------
 
     async def ingest(self, batch: BatchInput, window_seconds: float, now: float,
-                     planner: Planner) -> tuple[WritePlan, list[int]]:
-        plan, seqs, due = await self._write(self._ingest, batch, window_seconds, now, planner)
+                     planner: Planner, lease: LeaseCheck | None = None
+                     ) -> tuple[WritePlan, list[int]]:
+        # read, plan (in the caller's loop, paced), then one short write transaction:
+        # the single writer is never held while events are routed
+        existing, identities = await self._writer.call(
+            self._fetch, batch, now - window_seconds, transaction=False)
+        plan = await planner(existing, identities)
+        seqs, due = await self._write(self._apply_checked, plan, now, lease)
         self.notifier.publish(Changes(due=due, decided=frozenset(plan.decisions)))
         return plan, seqs
 
-    def _ingest(self, conn: sqlite3.Connection, batch: BatchInput, window_seconds: float,
-                now: float, planner: Planner) -> tuple[WritePlan, list[int], dict[str, float]]:
-        existing = self._fetch_existing(conn, batch, now - window_seconds)
-        identities = {account: _identity(conn, account, ids)
-                      for account, ids in batch.identifiers.items() if ids}
-        plan = planner(existing, identities)
-        seqs, due = self._apply(conn, plan, now)
-        return plan, seqs, due
+    def _fetch(self, conn: sqlite3.Connection, batch: BatchInput, since: float
+               ) -> tuple[dict[tuple[str, str, str], StoredEvent], dict[str, IdentityView]]:
+        return (self._fetch_existing(conn, batch, since),
+                {account: _identity(conn, account, ids)
+                 for account, ids in batch.identifiers.items() if ids})
+
+    def _apply_checked(self, conn: sqlite3.Connection, plan: WritePlan, now: float,
+                       lease: LeaseCheck | None) -> tuple[list[int], dict[str, float]]:
+        if lease is not None and lease.keys:
+            marks = ",".join("?" * len(lease.keys))
+            held = conn.execute(f"SELECT count(*) FROM leases WHERE kind = ? AND owner = ? "
+                                f"AND lease_until >= ? AND key IN ({marks})",
+                                (lease.kind, lease.owner, now, *lease.keys)).fetchone()[0]
+            if held != len(set(lease.keys)):
+                raise LeaseLost(f"{lease.kind} lease of {lease.owner} ran out")
+        return self._apply(conn, plan, now)
 
     def _fetch_existing(self, conn: sqlite3.Connection, batch: BatchInput,
                         since: float) -> dict[tuple[str, str, str], StoredEvent]:
@@ -420,11 +415,9 @@ class SQLiteStore(Store):
         return [_delivery(r) for r in rows]
 
     async def identity_of(self, account: str, identifiers: Sequence[str]) -> IdentityView:
-        loop = asyncio.get_running_loop()
-        conn = self._writer
-        assert conn is not None
-        return await loop.run_in_executor(self._executor, _identity, conn, account,
-                                          list(identifiers))
+        view: IdentityView = await self._writer.call(_identity, account, list(identifiers),
+                                                     transaction=False)
+        return view
 
     async def counts(self) -> dict[str, int]:
         out = {}
@@ -467,8 +460,9 @@ class SQLiteStore(Store):
     async def claim_due(self, wanted: Mapping[str, int], now: float, owner: str,
                         lease_seconds: float
                         ) -> tuple[dict[str, list[DueDelivery]], dict[str, float]]:
-        claimed, next_due, missing = await self._write(
-            self._claim, wanted, now, owner, lease_seconds)
+        # not fsync'd: a claim lost in a power cut is only claimed again
+        claimed, next_due, missing = await self._writer.call(
+            self._claim, wanted, now, owner, lease_seconds, durable=False)
         events = await self.events_by_seq(missing) if missing else {}
         out: dict[str, list[DueDelivery]] = {}
         for destination, rows in claimed.items():

@@ -42,6 +42,7 @@ def make_config_dir(target: Path, **router_overrides: Any) -> Path:
         shutil.copytree(REPO / sub, target / sub)
     shutil.copy(FIXTURES / "acme.yaml", target / "configs" / "accounts" / "acme.yaml")
     shutil.copy(FIXTURES / "adsink.yaml", target / "destinations.d" / "adsink.yaml")
+    shutil.copy(FIXTURES / "hdrsink.yaml", target / "destinations.d" / "hdrsink.yaml")
     canonical = target / "mappings" / "canonical.yaml"
     text = canonical.read_text()
     start = text.index("\n  lead:\n")
@@ -111,33 +112,77 @@ class Service:
         return response.json()
 
 
-def start_service(config_dir: Path, db: Path, log: Path,
-                  extra_args: tuple[str, ...] = ()) -> Service:
-    port, sink_port = free_port(), free_port()
+def _router_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("router")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "router.cli"]
+
+
+def _env(sink_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEMO_", "ACME_"))}
     env["ROUTER_ADMIN_TOKEN"] = ADMIN_TOKEN
-    env["DEMO_SINK_URL"] = f"http://127.0.0.1:{sink_port}"
+    env["DEMO_SINK_URL"] = sink_url
     env["ROUTER_RETRY_BASE_SECONDS"] = "0.3"
-    exe = Path(sys.executable).with_name("router")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "router.cli"]
-    handle = log.open("wb")
-    process = subprocess.Popen(
-        [*cmd, "serve", "--config-dir", str(config_dir), "--store", f"sqlite:///{db}",
-         "--host", "127.0.0.1", "--port", str(port), "--sandbox", "--sandbox-port",
-         str(sink_port), *extra_args], env=env, stdout=handle,
-        stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    return env
+
+
+def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.time() + 30
     while time.time() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"router serve exited: {log.read_text()}")
+            raise RuntimeError(f"router exited: {log.read_text()}")
         try:
-            if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return Service(url, process, log, f"http://127.0.0.1:{sink_port}")
+            if requests.get(url, timeout=1).status_code == 200:
+                return
         except requests.ConnectionError:
             time.sleep(0.1)
     process.kill()
-    raise RuntimeError(f"router serve did not start: {log.read_text()}")
+    raise RuntimeError(f"router did not start: {log.read_text()}")
+
+
+def start_service(config_dir: Path, db: Path, log: Path,
+                  extra_args: tuple[str, ...] = (), sink_url: str | None = None) -> Service:
+    """`router serve` on its own port; with its embedded sandbox unless `sink_url` names
+    a sandbox running apart (one that outlives this process, for crash tests)."""
+    port, sink_port = free_port(), free_port()
+    sink = sink_url or f"http://127.0.0.1:{sink_port}"
+    sandbox = () if sink_url else ("--sandbox", "--sandbox-port", str(sink_port))
+    handle = log.open("ab")
+    process = subprocess.Popen(
+        [*_router_cmd(), "serve", "--config-dir", str(config_dir), "--store",
+         f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), *sandbox, *extra_args],
+        env=_env(sink), stdout=handle, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url + "/healthz", process, log)
+    return Service(url, process, log, sink)
+
+
+def start_sandbox(config_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [*_router_cmd(), "sandbox", "--config-dir", str(config_dir), "--port", str(port)],
+        env=_env(f"http://127.0.0.1:{port}"), stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url + "/_sandbox/health", process, log)
+    return process, url
+
+
+def start_worker(config_dir: Path, db: Path, log: Path, roles: str,
+                 sink_url: str) -> subprocess.Popen[bytes]:
+    """`router worker --role ...` (no HTTP) beside a service on the same store."""
+    return subprocess.Popen(
+        [*_router_cmd(), "worker", "--config-dir", str(config_dir), "--store",
+         f"sqlite:///{db}", "--role", roles], env=_env(sink_url), stdout=log.open("ab"),
+        stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @pytest.fixture(scope="session")
