@@ -317,3 +317,29 @@ def test_one_open_alert_per_condition_and_resolution_is_kept(tmp_path: Path) -> 
     assert opened == [True, False]  # the second report of an open condition adds nothing
     assert resolved == [True, False]
     assert (open_count, total) == (1, 2)
+
+
+def test_a_replay_never_sends_what_consent_refused(shipped_config: CompiledConfig,
+                                                   tmp_path: Path) -> None:
+    from router.pipeline.commit import Item
+    from router.pipeline.prepare import prepare
+
+    message = {"type": "track", "event": "Order Completed", "messageId": "no-ads",
+               "anonymousId": "a-no-ads", "properties": {"order_id": "o-no-ads", "total": 5,
+                                                         "currency": "USD"},
+               "context": {"fbp": "fb.1.1.1", "consent": {"categoryPreferences": {
+                   "Advertising": False, "Analytics": True, "Marketing": False}}}}
+    prepared = prepare(shipped_config, shipped_config.mappings["segment"],
+                       shipped_config.accounts["demo"], "production", message,
+                       "2026-11-20T12:00:00.000Z", routed=False)
+    assert prepared.event is not None
+
+    async def body(store: SQLiteStore) -> tuple[set[str], int]:
+        [r] = await commit(store, shipped_config, [Item(prepared.event)])
+        refused = {d.destination for d in await store.deliveries_for([r.seq])
+                   if d.status == "dropped" and "consent" in (d.reason or "")}
+        return refused, await store.requeue(statuses=("dropped",))
+
+    refused, requeued = with_store(tmp_path / "consent.db", body)
+    assert "meta" in refused  # an advertising destination was refused by consent
+    assert requeued == 0  # and no replay brings it back

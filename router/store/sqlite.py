@@ -284,8 +284,8 @@ class SQLiteStore(Store):
         if deliveries:
             conn.executemany(
                 "INSERT OR IGNORE INTO deliveries (event_seq, destination, account, environment, "
-                "status, reason, queued_at, due_at, destination_version, drop_reason) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?)", deliveries)
+                "status, reason, queued_at, due_at, destination_version, drop_reason, cause) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)", deliveries)
         self._apply_identity(conn, plan)
         if plan.done_inbox:
             conn.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i in plan.done_inbox])
@@ -627,7 +627,8 @@ class SQLiteStore(Store):
                       statuses: Sequence[str] = ("failed", "dropped"),
                       event_id: str | None = None, account: str | None = None) -> int:
         def write(conn: sqlite3.Connection) -> list[str]:
-            where = [f"d.status IN ({','.join('?' * len(statuses))})"]
+            # never a routing decision (consent, send_if): only what delivery decided
+            where = [f"d.status IN ({','.join('?' * len(statuses))})", "d.cause IS NULL"]
             args: list[Any] = list(statuses)
             for clause, value in (("d.destination = ?", destination), ("e.event_id = ?", event_id),
                                   ("d.account = ?", account), ("e.received_at >= ?", since)):
@@ -689,9 +690,12 @@ def _delivery_rows(seq: int, account: str, environment: str, received_at: str,
         due_at = float(route.get("due_at") or now) if queued else None
         if due_at is not None:
             due[destination] = min(due.get(destination, due_at), due_at)
+        # a routing decision (consent, send_if) is kept apart from delivery outcomes:
+        # a replay must never send what consent refused
+        cause = route.get("cause") if not queued or route.get("drop_reason") else None
         out.append((seq, destination, account, environment, route.get("status"),
                     route.get("reason"), received_at, due_at, route.get("version"),
-                    route.get("drop_reason")))
+                    route.get("drop_reason"), cause))
     return out
 
 

@@ -171,6 +171,7 @@ CREATE TABLE deliveries_v2 (
   destination_version TEXT,
   request_id INTEGER,
   drop_reason TEXT,
+  cause TEXT,
   PRIMARY KEY (event_seq, destination)
 ) WITHOUT ROWID;
 INSERT INTO requests (id, destination, at, request, response)
@@ -206,6 +207,7 @@ INSERT OR IGNORE INTO deliveries_v2 (event_seq, destination, account, environmen
               THEN COALESCE(e.release_at, 0) ELSE NULL END,
          json_extract(r.value, '$.version')
   FROM events e, json_each(e.routes) r;
+UPDATE deliveries_v2 SET cause = 'routing' WHERE status = 'dropped' AND attempts = 0;
 INSERT INTO attempts (event_seq, destination, n, at, status, error, latency_ms, request_id)
   SELECT event_seq, destination, attempts, last_attempt_at, status, reason, NULL, request_id
   FROM deliveries_v2 WHERE attempts > 0 AND last_attempt_at IS NOT NULL;
