@@ -275,6 +275,10 @@ class RouterSettings:
     max_batch_events: int = 500
     max_event_bytes: int = 65_536
     max_inflight_requests: int = 256
+    body_timeout_seconds: float = 10.0
+    unauthenticated_bodies_per_client: int = 32
+    replay_window_seconds: float = 0.0
+    replay_cache_entries: int = 100_000
     trusted_proxy_header: str | None = None
     pixel_rate_limit_per_minute: int = 600
     cookie_domain: str | None = None

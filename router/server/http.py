@@ -6,10 +6,13 @@ code that never changes meaning, so senders can branch on it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 JSON_TYPES = ("application/json", "text/plain", "application/x-ndjson")
 
@@ -44,20 +47,47 @@ def check_content_type(request: web.Request, allowed: tuple[str, ...] = JSON_TYP
                         "application/json")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The (gzip-decoded) body, refusing more than `limit` bytes without buffering it all."""
+def check_declared_size(request: web.Request, limit: int) -> None:
+    """413 on a declared Content-Length over `limit`, before anything is read (a
+    compressed body is judged by its decoded size, while it is read)."""
     declared = request.content_length
-    if declared is not None and declared > limit and "gzip" not in (
-            request.headers.get("Content-Encoding") or ""):
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if declared is not None and declared > limit and encoding in ("", "identity"):
         raise HttpError(413, "payload_too_large", f"body of {declared} bytes exceeds {limit}")
+
+
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The decoded body, refusing more than `limit` bytes without buffering it all, and
+    a body not received within `timeout` seconds (a client that sends a byte now and
+    then must not hold a connection and its buffers for ever)."""
+    check_declared_size(request, limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, "payload_too_large", f"body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise HttpError(413, "payload_too_large", f"body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HttpError(408, "body_timeout", f"the body was not received within {timeout:g} "
+                        "seconds") from None
+    except web.RequestPayloadError as exc:  # corrupt gzip/deflate, broken chunked encoding
+        # nothing more can be read: mark the stream ended, or aiohttp's drain of the
+        # unread body after our answer hits the same error and logs it as unhandled
+        request.content.feed_eof()
+        raise HttpError(400, "malformed_body", "the body could not be decoded "
+                        f"({_payload_problem(exc)})") from None
     return b"".join(chunks)
+
+
+def _payload_problem(exc: BaseException) -> str:
+    """The innermost cause, in one line (zlib's "incorrect header check", ...)."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:200]
 
 
 def parse_json(body: bytes) -> Any:
@@ -76,3 +106,20 @@ def client_ip(request: web.Request, trusted_header: str | None) -> str | None:
         if forwarded:
             return forwarded.split(",")[0].strip() or None
     return request.remote
+
+
+class ClientHttpErrors(logging.Filter):
+    """aiohttp answers malformed HTTP (a bad header, an undecodable Content-Encoding) with
+    a plain 400 before any handler runs, and logs it with a stack trace at ERROR: that is
+    the client's fault, not the server's. One warning line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            message = " ".join(str(exc.message).split()) if exc.message else type(exc).__name__
+            record.msg = f"{record.getMessage()}: 400 ({message})"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True

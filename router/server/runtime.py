@@ -20,7 +20,9 @@ from router.config.model import CompiledConfig
 from router.delivery.worker import Workers
 from router.pipeline.ingest import GroupCommitter
 from router.pipeline.routing import clear_caches
+from router.server.overload import IngestGate
 from router.server.ratelimit import RateLimiter
+from router.sources.replay import ReplayCache
 from router.store.base import Store
 
 
@@ -49,6 +51,10 @@ class Metrics:
         self.shed = Counter("router_requests_shed_total",
                             "Ingest requests answered 503 overloaded (max_inflight_requests)",
                             registry=self.registry)
+        self.unauthenticated_refused = Counter(
+            "router_requests_unauthenticated_refused_total",
+            "Ingest requests answered 429 too_many_unauthenticated "
+            "(unauthenticated_bodies_per_client)", registry=self.registry)
 
     def count_results(self, source: str, results: Sequence[dict[str, Any] | None]) -> None:
         for result in results:
@@ -86,7 +92,9 @@ class Runtime:
         self.pixel_limiter = RateLimiter(s.pixel_rate_limit_per_minute)
         self.workers = Workers(store, lambda: self._config) if workers else None
         self.started_at = time.time()
-        self.ingest_in_flight = 0  # requests inside the ingest handlers (load shedding)
+        # admission: processing slots (load shedding) and bodies read before auth
+        self.gate = IngestGate(self.metrics.shed, self.metrics.unauthenticated_refused)
+        self.replays = ReplayCache(s.replay_cache_entries)
 
     def _committed(self) -> None:
         if self.workers is not None:

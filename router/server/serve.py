@@ -16,6 +16,7 @@ from aiohttp import web
 from router.config.model import CompiledConfig
 from router.delivery.sandbox import build_sandbox_app
 from router.server.app import build_app
+from router.server.http import ClientHttpErrors
 from router.server.runtime import Runtime
 from router.store import open_store
 
@@ -67,6 +68,7 @@ def run(config: CompiledConfig, *, store_url: str | None = None, host: str | Non
         port: int | None = None, log_level: str = "INFO", workers: bool = True,
         sandbox_port: int | None = None, watch: bool = False, reuse_port: bool = False) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(ClientHttpErrors())
     url = store_url or config.settings.store_url
     store = open_store(url)
     runtime = Runtime(config, store, workers=workers)
