@@ -267,6 +267,19 @@ class ConsentConfig:
 
 
 @dataclass(frozen=True)
+class OutboundSettings:
+    """delivery.outbound: which hosts delivery may connect to (router/delivery/outbound.py)."""
+
+    deny_private: bool = False
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.deny_private or bool(self.deny)
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     version: str = "1"
     host: str = "127.0.0.1"
@@ -291,6 +304,7 @@ class RouterSettings:
     max_attempts: int = 5
     concurrency_per_destination: int = 4
     poll_interval_ms: int = 50
+    outbound: OutboundSettings = OutboundSettings()
     retention_days: int = 90
     admin_token: str | None = None
     alert_channels: tuple[Mapping[str, Any], ...] = ()

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 
 from router.config.model import CompiledConfig, Destination, DestinationConnection
+from router.delivery import outbound
 from router.delivery.classify import AUTH, OK, PERMANENT, RETRY, Answer, Verdict, classify
 from router.delivery.render import (
     OutgoingRequest,
@@ -155,7 +156,9 @@ class DestinationWorker:
     async def run(self) -> None:
         dest = self.get_config().destinations[self.name]
         timeout = aiohttp.ClientTimeout(total=dest.timeout_seconds)
-        connector = aiohttp.TCPConnector(limit=max(4, dest.concurrency * 2), keepalive_timeout=60)
+        connector = aiohttp.TCPConnector(
+            limit=max(4, dest.concurrency * 2), keepalive_timeout=60,
+            resolver=outbound.GuardedResolver(lambda: self.get_config().settings.outbound))
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         try:
             while not self._stopping.is_set():
@@ -330,6 +333,11 @@ class DestinationWorker:
         rendered = [job.rendered for job in jobs if job.rendered is not None]
         request = build_request(dest, conn, rendered, [j.event.row.body for j in jobs],
                                 access_token=token)
+        refused = await outbound.url_refusal(config.settings.outbound, request.url)
+        if refused is not None:  # the operator's outbound policy: never sent, never retried
+            excerpt = request.excerpt(secrets_of(connection_settings(dest, conn), token))
+            return [self._final(dest, job, "dropped", f"outbound refused: {refused}", 1,
+                                excerpt) for job in jobs]
         async with limiter:
             if dest.rate_per_second:
                 pacer = self._pacers.setdefault((account, environment),
@@ -362,8 +370,11 @@ class DestinationWorker:
         assert self._session is not None
         started = time.perf_counter()
         try:
+            # no redirects under an outbound policy: one to an IP literal would bypass it
+            follow = not self.get_config().settings.outbound.active
             async with self._session.request(request.method, request.url, data=request.body,
-                                             headers=request.headers) as response:
+                                             headers=request.headers,
+                                             allow_redirects=follow) as response:
                 body = await response.read()
                 return Answer(response.status, dict(response.headers), body,
                               elapsed_ms=(time.perf_counter() - started) * 1000)

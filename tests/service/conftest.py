@@ -37,7 +37,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_config_dir(target: Path, **router_overrides: Any) -> Path:
+def make_config_dir(target: Path, sections: dict[str, dict[str, Any]] | None = None,
+                    **router_overrides: Any) -> Path:
+    """A copy of the shipped config plus the test account; `router_overrides` go into
+    router.yaml's `server:`, `sections` are merged into its other top-level sections."""
     for sub in ("configs", "mappings", "destinations.d"):
         shutil.copytree(REPO / sub, target / sub)
     shutil.copy(FIXTURES / "acme.yaml", target / "configs" / "accounts" / "acme.yaml")
@@ -58,6 +61,8 @@ def make_config_dir(target: Path, **router_overrides: Any) -> Path:
     data.setdefault("delivery", {})["poll_interval_ms"] = 20
     for key, value in router_overrides.items():
         data["server"][key] = value
+    for section, values in (sections or {}).items():
+        data.setdefault(section, {}).update(values)
     router_yaml.write_text(yaml.safe_dump(data))
     return target
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import signal
-import socket
 import sqlite3
 import subprocess
 import uuid
