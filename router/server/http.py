@@ -19,13 +19,14 @@ JSON_TYPES = ("application/json", "text/plain", "application/x-ndjson")
 
 class HttpError(Exception):
     def __init__(self, status: int, code: str, message: str, extra: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, close: bool = False):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.extra = extra or {}
         self.headers = headers or {}
+        self.close = close  # the connection cannot carry another request after this one
 
 
 def json_response(payload: Any, status: int = 200,
@@ -35,8 +36,11 @@ def json_response(payload: Any, status: int = 200,
 
 
 def error_response(exc: HttpError, headers: dict[str, str] | None = None) -> web.Response:
-    return json_response({"error": {"code": exc.code, "message": exc.message}, **exc.extra},
-                         exc.status, {**exc.headers, **(headers or {})} or None)
+    response = json_response({"error": {"code": exc.code, "message": exc.message}, **exc.extra},
+                             exc.status, {**exc.headers, **(headers or {})} or None)
+    if exc.close:
+        response.force_close()
+    return response
 
 
 def check_content_type(request: web.Request, allowed: tuple[str, ...] = JSON_TYPES) -> None:
@@ -72,13 +76,14 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
                 chunks.append(chunk)
     except TimeoutError:
         raise HttpError(408, "body_timeout", f"the body was not received within {timeout:g} "
-                        "seconds") from None
+                        "seconds", close=True) from None
     except web.RequestPayloadError as exc:  # corrupt gzip/deflate, broken chunked encoding
-        # nothing more can be read: mark the stream ended, or aiohttp's drain of the
-        # unread body after our answer hits the same error and logs it as unhandled
+        # nothing more can be read: mark the stream ended (else aiohttp's drain of the
+        # unread body after our answer hits the same error and logs it as unhandled), and
+        # close the connection after the answer: the parser is mid-message
         request.content.feed_eof()
         raise HttpError(400, "malformed_body", "the body could not be decoded "
-                        f"({_payload_problem(exc)})") from None
+                        f"({_payload_problem(exc)})", close=True) from None
     return b"".join(chunks)
 
 
@@ -108,14 +113,24 @@ def client_ip(request: web.Request, trusted_header: str | None) -> str | None:
     return request.remote
 
 
+def _client_http_error(exc: BaseException | None) -> HttpProcessingError | None:
+    while exc is not None:
+        if isinstance(exc, HttpProcessingError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class ClientHttpErrors(logging.Filter):
-    """aiohttp answers malformed HTTP (a bad header, an undecodable Content-Encoding) with
-    a plain 400 before any handler runs, and logs it with a stack trace at ERROR: that is
-    the client's fault, not the server's. One warning line instead."""
+    """aiohttp logs malformed HTTP from a client with a stack trace at ERROR: a bad header
+    or an undecodable Content-Encoding answered 400 before any handler runs, and a body
+    that fails to decode (corrupt gzip) while aiohttp drains what a handler did not read
+    (a request refused from its headers). That is the client's fault, not the server's:
+    one warning line instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        exc = _client_http_error(record.exc_info[1] if record.exc_info else None)
+        if exc is not None:
             message = " ".join(str(exc.message).split()) if exc.message else type(exc).__name__
             record.msg = f"{record.getMessage()}: 400 ({message})"
             record.args = ()

@@ -73,6 +73,7 @@ class Service:
     process: subprocess.Popen[bytes]
     log: Path
     sink: str = ""
+    db: Path | None = None
 
     def sandbox(self, path: str, method: str = "GET", **body: Any) -> Any:
         response = requests.request(method, self.sink + path, json=body or None, timeout=10)
@@ -129,7 +130,7 @@ def start_service(config_dir: Path, db: Path, log: Path,
             raise RuntimeError(f"router serve exited: {log.read_text()}")
         try:
             if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                return Service(url, process, log, f"http://127.0.0.1:{sink_port}")
+                return Service(url, process, log, f"http://127.0.0.1:{sink_port}", db)
         except requests.ConnectionError:
             time.sleep(0.1)
     process.kill()

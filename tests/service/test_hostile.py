@@ -257,6 +257,22 @@ def test_envelope_errors_are_400_with_stable_codes(service: Service) -> None:
     assert tracebacks(service) == before
 
 
+def test_a_connection_that_sent_a_corrupt_body_is_closed_not_wedged(service: Service) -> None:
+    """After 400 malformed_body the connection is closed (its parser is mid-message); the
+    client's next request, on a new connection, is answered at once."""
+    with requests.Session() as session:
+        for _ in range(3):
+            bad = session.post(service.url + "/v1/group", data=b"\x1f\x8b\x08\x002\xca\n\xda\xe0\x1f\x96-",
+                               timeout=5, headers={"Content-Type": "application/json",
+                                                   "Content-Encoding": "gzip",
+                                                   "Authorization": AUTH})
+            assert (bad.status_code, bad.headers.get("Connection")) == (400, "close")
+            after = session.post(service.url + "/v1/track", data=json.dumps(good()), timeout=5,
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": AUTH})
+            assert after.status_code == 200, after.text
+
+
 def _deep(levels: int) -> Any:
     value: Any = 1
     for _ in range(levels):
