@@ -481,6 +481,7 @@ def test_fuzz_admin(service: Service) -> None:
     ledger.report("admin")
 
 
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 def test_the_openapi_document_lists_exactly_the_served_routes() -> None:
     """Every route the app serves is in docs/openapi.yaml, and nothing else is."""
     from router.config.compile import load_config
