@@ -5,8 +5,9 @@ ever: whoever captured one signed request can send it again. Within the dedup wi
 replay is a duplicate and changes nothing; after it, the replayed events would be stored
 and delivered again. With `server.replay_window_seconds` set, every accepted request
 authenticated by such a signature is remembered (a digest of the signature, never the
-body) for that window, and the same signature again is refused with 409
-`replayed_request`. Schemes that sign a timestamp do not need it (their tolerance
+body) for that window, and the same signature again stores nothing and is answered 200
+with every message a `duplicate` (a sender retrying a request whose answer it lost must
+not count it as failed). Schemes that sign a timestamp do not need it (their tolerance
 bounds a replay, and the dedup window covers the tolerance).
 
 In-process and bounded: at most `server.replay_cache_entries` signatures are kept, the
