@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 
 class Governor:
@@ -19,14 +20,14 @@ class Governor:
     PRESSURE = 4  # ingest requests in flight at which the gateway counts as busy
     SLICE_SECONDS = 0.005  # background work between two checks
 
-    def __init__(self, share: float = 0.25):
+    def __init__(self, share: float = 0.25, in_flight: Callable[[], int] = lambda: 0):
         self.share = share
-        self.in_flight = 0  # ingest requests being handled
+        self.in_flight = in_flight  # ingest requests being handled now
         self.throttled_seconds = 0.0
 
     @property
     def busy(self) -> bool:
-        return self.in_flight >= self.PRESSURE
+        return self.in_flight() >= self.PRESSURE
 
     async def pace(self, spent: float) -> None:
         """After `spent` seconds of background CPU: yield, and while the gateway is

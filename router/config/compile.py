@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from router.config.model import (
     IdentifierSpec,
     IngestSpec,
     MergeSpec,
+    OutboundSettings,
     ResponseRules,
     RouterSettings,
     SourceConnection,
@@ -593,6 +595,11 @@ def _router_settings(data: dict[str, Any]) -> RouterSettings:
         max_body_bytes=server.get("max_body_bytes", base.max_body_bytes),
         max_batch_events=server.get("max_batch_events", base.max_batch_events),
         max_inflight_requests=server.get("max_inflight_requests", base.max_inflight_requests),
+        body_timeout_seconds=server.get("body_timeout_seconds", base.body_timeout_seconds),
+        unauthenticated_bodies_per_client=server.get("unauthenticated_bodies_per_client",
+                                                     base.unauthenticated_bodies_per_client),
+        replay_window_seconds=server.get("replay_window_seconds", base.replay_window_seconds),
+        replay_cache_entries=server.get("replay_cache_entries", base.replay_cache_entries),
         max_event_bytes=server.get("max_event_bytes", base.max_event_bytes),
         trusted_proxy_header=server.get("trusted_proxy_header"),
         pixel_rate_limit_per_minute=server.get("pixel_rate_limit_per_minute",
@@ -617,11 +624,46 @@ def _router_settings(data: dict[str, Any]) -> RouterSettings:
         wait_timeout_seconds=pipeline.get("wait_timeout_seconds", base.wait_timeout_seconds),
         background_share=pipeline.get("background_share", base.background_share),
         max_backlog_messages=pipeline.get("max_backlog_messages", base.max_backlog_messages),
+        outbound=OutboundSettings(
+            deny_private=bool((delivery.get("outbound") or {}).get("deny_private", False)),
+            allow=tuple((delivery.get("outbound") or {}).get("allow") or ()),
+            deny=tuple((delivery.get("outbound") or {}).get("deny") or ())),
         retention_days=data.get("retention_days", base.retention_days),
         admin_token=(data.get("admin") or {}).get("token") or None,
         alert_channels=freeze(alerts.get("channels") or []),
         alert_interval_seconds=alerts.get("interval_seconds", base.alert_interval_seconds),
     )
+
+
+def outbound_entry_problem(entry: Any) -> str | None:
+    """Why a delivery.outbound allow/deny entry is unusable, or None: a host name, a
+    `*.suffix`, an address or a network (CIDR)."""
+    if not isinstance(entry, str) or not entry.strip():
+        return "an entry must be a host name or a network"
+    try:
+        ipaddress.ip_network(entry, strict=False)
+        return None
+    except ValueError as exc:
+        if "/" in entry or ":" in entry or entry.replace(".", "").isdigit():
+            return f"{entry!r} is not a network: {exc}"
+    name = entry[2:] if entry.startswith("*.") else entry
+    labels = name.rstrip(".").split(".")
+    if not all(label and len(label) <= 63 and label.replace("-", "").isalnum()
+               for label in labels):
+        return f"{entry!r} is not a host name (or *.suffix)"
+    return None
+
+
+def _check_outbound(loaded: Loaded, issues: list[Issue]) -> None:
+    outbound = ((loaded.data or {}).get("delivery") or {}).get("outbound") or {}
+    for kind in ("allow", "deny"):
+        for i, entry in enumerate(outbound.get(kind) or []):
+            problem = outbound_entry_problem(entry)
+            if problem is not None:
+                issues.append(loaded.issue(("delivery", "outbound", kind, i), problem,
+                                           code="outbound-entry",
+                                           hint="a host (api.example.com, *.example.com) or "
+                                           "a network (10.0.0.0/8, ::1/128)"))
 
 
 def _consent(loaded: Loaded, issues: list[Issue]) -> ConsentConfig:
@@ -736,6 +778,8 @@ def check_config(root: str) -> tuple[CompiledConfig | None, list[Issue]]:
                 destinations[name] = compiled_dest
                 destination_files[name] = loaded
     variants = _identifier_variants(destinations, destination_files, issues)
+    if ok(files.router):
+        _check_outbound(files.router, issues)
 
     _check_credentials_unique([a for a in files.accounts if isinstance(a.data, dict)], issues)
     accounts: dict[str, Account] = {}

@@ -294,6 +294,19 @@ class MergeSpec:
 
 
 @dataclass(frozen=True)
+class OutboundSettings:
+    """delivery.outbound: which hosts delivery may connect to (router/delivery/outbound.py)."""
+
+    deny_private: bool = False
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.deny_private or bool(self.deny)
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     version: str = "1"
     host: str = "127.0.0.1"
@@ -302,6 +315,10 @@ class RouterSettings:
     max_batch_events: int = 500
     max_event_bytes: int = 65_536
     max_inflight_requests: int = 256
+    body_timeout_seconds: float = 10.0
+    unauthenticated_bodies_per_client: int = 32
+    replay_window_seconds: float = 0.0
+    replay_cache_entries: int = 100_000
     trusted_proxy_header: str | None = None
     pixel_rate_limit_per_minute: int = 600
     cookie_domain: str | None = None
@@ -321,6 +338,7 @@ class RouterSettings:
     wait_timeout_seconds: float = 30.0
     background_share: float = 0.25
     max_backlog_messages: int = 5_000_000
+    outbound: OutboundSettings = OutboundSettings()
     retention_days: int = 90
     admin_token: str | None = None
     alert_channels: tuple[Mapping[str, Any], ...] = ()

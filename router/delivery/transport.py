@@ -54,8 +54,9 @@ def redirect_target(url: str, status: int, location: str | None,
 
 
 async def send(session: aiohttp.ClientSession, request: OutgoingRequest,
-               allowed_hosts: Sequence[str] = ()) -> Answer:
-    """One request, its answer (status 0 for no answer), and at most MAX_HOPS redirects."""
+               allowed_hosts: Sequence[str] = (), follow: bool = True) -> Answer:
+    """One request, its answer (status 0 for no answer), and at most MAX_HOPS redirects
+    (none when `follow` is false: the 3xx is the answer)."""
     started = time.perf_counter()
     url = request.url
     try:
@@ -65,7 +66,8 @@ async def send(session: aiohttp.ClientSession, request: OutgoingRequest,
                                        allow_redirects=False) as response:
                 body = await response.read()
                 location = response.headers.get("Location")
-                target = redirect_target(url, response.status, location, allowed_hosts)
+                target = redirect_target(url, response.status, location, allowed_hosts) \
+                    if follow else None
                 if target is None:
                     error = None
                     if response.status in REDIRECTS:

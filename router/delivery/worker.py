@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from router.config.model import CompiledConfig, Destination, DestinationConnection
-from router.delivery import transport
+from router.delivery import outbound, transport
 from router.delivery.age import too_old
 from router.delivery.classify import AUTH, OK, PERMANENT, RETRY, Answer, Verdict, classify
 from router.delivery.render import (
@@ -224,7 +224,9 @@ class DestinationWorker:
         concurrency = self.concurrency(config, dest)
         self._slots = asyncio.Semaphore(concurrency)
         timeout = aiohttp.ClientTimeout(total=dest.timeout_seconds)
-        connector = aiohttp.TCPConnector(limit=max(4, concurrency * 2), keepalive_timeout=60)
+        connector = aiohttp.TCPConnector(
+            limit=max(4, concurrency * 2), keepalive_timeout=60,
+            resolver=outbound.GuardedResolver(lambda: self.get_config().settings.outbound))
         # redirects are not followed: a 3xx is the platform's answer, read by its rules
         # no cookie jar: platforms' cookies are not state a server-to-server sender keeps
         self._session = aiohttp.ClientSession(timeout=timeout, connector=connector,
@@ -375,10 +377,18 @@ class DestinationWorker:
                                       depth, f"building the request failed: "
                                       f"{type(exc).__name__}: {exc}")
             return
+        refused = await outbound.url_refusal(config.settings.outbound, request.url)
+        if refused is not None:  # the operator's outbound policy: never sent, never retried
+            excerpt = RequestExcerpt(self.name, _now_iso(), request.excerpt(
+                secrets_of(connection_settings(dest, conn), token)), None)
+            await self.writer.submit([_outcome(job, self.name, "dropped",
+                                               f"outbound refused: {refused}", attempted=True,
+                                               request_ref=0) for job in jobs], excerpt, self)
+            return
         if dest.rate_per_second:
             pacer = self._pacers.setdefault((account, environment), Pacer(dest.rate_per_second))
             await pacer.wait()
-        answer = await self._send(dest, request)
+        answer = await self._send(config, dest, request)
         if answer.status == 0 and answer.error and answer.error.startswith("invalid request"):
             # the HTTP client refused to send it (a control character in a header...)
             await self._split_or_fail(config, dest, conn, account, environment, jobs, policy,
@@ -428,11 +438,14 @@ class DestinationWorker:
         await self.writer.submit([_outcome(job, self.name, "dropped", reason) for job in jobs],
                                  None, self)
 
-    async def _send(self, dest: Destination, request: OutgoingRequest) -> Answer:
+    async def _send(self, config: CompiledConfig, dest: Destination,
+                    request: OutgoingRequest) -> Answer:
         assert self._session is not None
         started = time.perf_counter()
         try:
-            return await transport.send(self._session, request, dest.redirect_hosts)
+            # no redirects under an outbound policy: one to an IP literal would bypass it
+            return await transport.send(self._session, request, dest.redirect_hosts,
+                                        follow=not config.settings.outbound.active)
         except (ValueError, aiohttp.InvalidURL) as exc:  # the client refused to send it
             return Answer(0, {}, b"", f"invalid request: {type(exc).__name__}: {exc}",
                           (time.perf_counter() - started) * 1000)

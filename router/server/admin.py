@@ -15,11 +15,12 @@ from typing import Any
 from aiohttp import web
 
 from router.expr.functions import iso_time
-from router.server.http import HttpError, json_response
+from router.server.http import HttpError, json_response, parse_json, read_body
 from router.server.runtime import Runtime
 from router.store.base import StoredEvent
 
 MAX_LIMIT = 1000
+ADMIN_BODY_BYTES = 65536
 
 
 @web.middleware
@@ -145,31 +146,48 @@ async def list_alerts(request: web.Request) -> web.Response:
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise HttpError(400, "malformed_json", "body is not valid JSON") from None
+    runtime: Runtime = request.app["runtime"]
+    raw = await read_body(request, ADMIN_BODY_BYTES, runtime.config.settings.body_timeout_seconds)
+    if not raw.strip():
+        return {}
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise HttpError(400, "malformed_json", "body must be a JSON object")
     return body
 
 
+def _text(body: dict[str, Any], name: str) -> str | None:
+    """An optional string field of an admin body; any other type is a 400."""
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise HttpError(400, "invalid_parameter", f"{name} must be a string")
+    return value
+
+
+def _statuses(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("status", ["failed", "dropped"])
+    if isinstance(value, str):
+        return tuple(s.strip() for s in value.split(","))
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise HttpError(400, "invalid_parameter",
+                        "status must be a string or a list of strings")
+    return tuple(value)
+
+
 async def resume(request: web.Request) -> web.Response:
     runtime: Runtime = request.app["runtime"]
     body = await _json_body(request)
-    lifted = await runtime.store.resume(body.get("destination"), body.get("account"))
+    lifted = await runtime.store.resume(_text(body, "destination"), _text(body, "account"))
     return json_response({"resumed": lifted})
 
 
 async def replay(request: web.Request) -> web.Response:
     runtime: Runtime = request.app["runtime"]
     body = await _json_body(request)
-    statuses = body.get("status", ["failed", "dropped"])
-    if isinstance(statuses, str):
-        statuses = [s.strip() for s in statuses.split(",")]
     count = await runtime.store.requeue(
-        since=_since(body.get("since")), destination=body.get("destination"),
-        statuses=tuple(statuses), event_id=body.get("event_id"), account=body.get("account"))
+        since=_since(_text(body, "since")), destination=_text(body, "destination"),
+        statuses=_statuses(body), event_id=_text(body, "event_id"),
+        account=_text(body, "account"))
     return json_response({"requeued": count})
 
 

@@ -11,7 +11,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from router.server import admin, collect, ingest_routes
 from router.server.http import HttpError, error_response, json_response
-from router.server.overload import shed_load
 from router.server.runtime import Runtime
 
 log = logging.getLogger("router.server")
@@ -28,10 +27,7 @@ async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return response
     except HttpError as exc:
         code = str(exc.status)
-        headers = None
-        origin = request.headers.get("Origin")
-        if request.path == "/collect" and origin:
-            headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        headers = collect.error_cors(request) if request.path == "/collect" else None
         return error_response(exc, headers)
     except web.HTTPException as exc:
         code = str(exc.status)
@@ -70,7 +66,7 @@ async def metrics(request: web.Request) -> web.Response:
 def build_app(runtime: Runtime) -> web.Application:
     settings = runtime.config.settings
     # our own limit (read_body) answers 413 JSON; aiohttp's is only a backstop
-    app = web.Application(middlewares=[errors, shed_load, admin.require_token],
+    app = web.Application(middlewares=[errors, admin.require_token],
                           client_max_size=settings.max_body_bytes * 4 + 65536)
     app["runtime"] = runtime
     ingest_routes.add_routes(app)

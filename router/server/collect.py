@@ -21,17 +21,27 @@ from aiohttp import web
 
 from router.config.model import CompiledConfig, CookieSpec, SourceMapping
 from router.expr.functions import query_param
-from router.server.http import HttpError, check_content_type, client_ip, parse_json, read_body
-from router.server.ingest_routes import process
+from router.server.http import (
+    HttpError,
+    check_content_type,
+    check_declared_size,
+    client_ip,
+    parse_json,
+)
+from router.server.ingest_routes import process, read_request_body
 from router.server.runtime import Runtime
 from router.sources.auth import Candidate, candidates
 
 
 def _collect_source(config: CompiledConfig) -> SourceMapping:
-    for mapping in config.mappings.values():
-        if "collect" in mapping.ingest.endpoints:
-            return mapping
-    raise HttpError(404, "not_found", "no source is served at /collect")
+    mapping = _find_collect_source(config)
+    if mapping is None:
+        raise HttpError(404, "not_found", "no source is served at /collect")
+    return mapping
+
+
+def _find_collect_source(config: CompiledConfig) -> SourceMapping | None:
+    return next((m for m in config.mappings.values() if "collect" in m.ingest.endpoints), None)
 
 
 def _candidate(config: CompiledConfig, mapping: SourceMapping, request: web.Request,
@@ -50,6 +60,27 @@ def _candidate(config: CompiledConfig, mapping: SourceMapping, request: web.Requ
 def _origin_ok(cand: Candidate, origin: str | None) -> bool:
     allowed = {o.rstrip("/") for o in cand.connection.origins}
     return bool(origin) and origin.rstrip("/") in allowed
+
+
+def error_cors(request: web.Request) -> dict[str, str]:
+    """CORS headers for an error answered on /collect, so the page can read it — only
+    for an Origin the pixel allows (that account's, or any pixel's when the request
+    names no known account). Any other origin gets none: echoing every Origin would let
+    any site read the router's answers with the visitor's cookies."""
+    headers = {"Vary": "Origin"}
+    origin = request.headers.get("Origin")
+    runtime: Runtime = request.app["runtime"]
+    mapping = _find_collect_source(runtime.config)
+    if not origin or mapping is None:
+        return headers
+    pool = candidates(runtime.config, mapping.source)
+    account = request.query.get("account")
+    environment = request.query.get("environment") or "production"
+    named = [c for c in pool if c.account == account and c.environment == environment]
+    if any(_origin_ok(cand, origin) for cand in (named or pool)):
+        headers.update({"Access-Control-Allow-Origin": origin,
+                        "Access-Control-Allow-Credentials": "true"})
+    return headers
 
 
 def _cors(origin: str) -> dict[str, str]:
@@ -129,23 +160,28 @@ async def collect(request: web.Request) -> web.Response:
     if not runtime.pixel_limiter.allow(ip or "unknown"):
         raise HttpError(429, "rate_limited", "too many pixel requests from this client")
     check_content_type(request)
-    body = await read_body(request, settings.max_body_bytes)
+    check_declared_size(request, settings.max_body_bytes)
+    cand = None
+    if request.query.get("account"):  # collect.js always names it: judged before the body
+        cand = _allowed_candidate(config, mapping, request, None, origin)
+    # no secret can live in a browser: every pixel body is read unauthenticated
+    body = await read_request_body(request, runtime, authenticated=False)
     document = parse_json(body)
-    cand = _candidate(config, mapping, request, document)
-    if not _origin_ok(cand, origin):
-        raise HttpError(401, "origin_not_allowed", f"origin {origin!r} is not allowed for "
-                        f"{cand.account}/{cand.environment}")
+    if cand is None:
+        cand = _allowed_candidate(config, mapping, request, document, origin)
     messages = document.get("batch") if isinstance(document, dict) and \
         isinstance(document.get("batch"), list) else [document]
-    first_page = next((m.get("page", {}).get("url") for m in messages
+    first_page = next((m["page"].get("url") for m in messages
                        if isinstance(m, dict) and isinstance(m.get("page"), dict)), None)
-    cookie_meta, to_set = cookie_plan(mapping, request, first_page)
+    cookie_meta, to_set = cookie_plan(mapping, request,
+                                      first_page if isinstance(first_page, str) else None)
     meta = {"ip": ip, "user_agent": request.headers.get("User-Agent"), **cookie_meta}
     if request.headers.get("Sec-GPC", "").strip() == "1":
         meta["gpc"] = True
     meta = {k: v for k, v in meta.items() if v is not None}
-    response = await process(runtime, config, mapping, cand, messages, meta, datetime.now(UTC),
-                             request)
+    with runtime.gate.slot(settings.max_inflight_requests):
+        response = await process(runtime, config, mapping, cand, messages, meta,
+                                 datetime.now(UTC), request=request)
     for key, value in _cors(origin or "").items():
         response.headers[key] = value
     for name, (value, http_only, days) in to_set.items():
@@ -153,6 +189,15 @@ async def collect(request: web.Request) -> web.Response:
                             path="/", secure=True, httponly=http_only, samesite="Lax",
                             domain=settings.cookie_domain)
     return response
+
+
+def _allowed_candidate(config: CompiledConfig, mapping: SourceMapping, request: web.Request,
+                       document: Any, origin: str | None) -> Candidate:
+    cand = _candidate(config, mapping, request, document)
+    if not _origin_ok(cand, origin):
+        raise HttpError(401, "origin_not_allowed", f"origin {origin!r} is not allowed for "
+                        f"{cand.account}/{cand.environment}")
+    return cand
 
 
 async def collect_js(request: web.Request) -> web.Response:

@@ -29,7 +29,9 @@ from router.pipeline.processor import Processor
 from router.pipeline.routing import clear_caches
 from router.scheduling import Governor
 from router.server.http import HttpError
+from router.server.overload import IngestGate
 from router.server.ratelimit import RateLimiter
+from router.sources.replay import ReplayCache
 from router.store.base import InboxRow, Store
 
 log = logging.getLogger("router.reload")
@@ -76,6 +78,10 @@ class Metrics:
         self.shed = Counter("router_requests_shed_total",
                             "Ingest requests answered 503 overloaded", ["reason"],
                             registry=self.registry)
+        self.unauthenticated_refused = Counter(
+            "router_requests_unauthenticated_refused_total",
+            "Ingest requests answered 429 too_many_unauthenticated "
+            "(unauthenticated_bodies_per_client)", registry=self.registry)
 
     def count_results(self, source: str, results: Sequence[dict[str, Any] | None]) -> None:
         for result in results:
@@ -123,8 +129,13 @@ class Runtime:
         self.roles = roles
         s = config.settings
         self.owner = new_owner()
-        self.governor = Governor(s.background_share)
         self.metrics = Metrics()
+        # admission: processing slots (load shedding) and bodies read before auth
+        self.gate = IngestGate(self.metrics.shed.labels("in_flight"),
+                               self.metrics.unauthenticated_refused)
+        self.replays = ReplayCache(s.replay_cache_entries)
+        # requests holding a processing slot tell background work the gateway is busy
+        self.governor = Governor(s.background_share, lambda: self.gate.in_flight)
         self.metrics.registry.register(_PipelineCollector(self))
         self.pixel_limiter = RateLimiter(s.pixel_rate_limit_per_minute)
         self.appender = Appender(store, lambda: self._config.settings.dedup_window_seconds,
@@ -165,10 +176,6 @@ class Runtime:
                             headers={"Retry-After": "5"})
 
     # --- config ---------------------------------------------------------------------------
-
-    @property
-    def ingest_in_flight(self) -> int:
-        return self.governor.in_flight
 
     @property
     def config(self) -> CompiledConfig:

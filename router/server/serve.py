@@ -16,6 +16,7 @@ from aiohttp import web
 from router.config.model import CompiledConfig
 from router.delivery.sandbox import build_sandbox_app
 from router.server.app import build_app
+from router.server.http import ClientHttpErrors
 from router.server.runtime import ROLES, Runtime
 from router.store import open_store
 
@@ -68,6 +69,7 @@ def run(config: CompiledConfig, *, store_url: str | None = None, host: str | Non
         roles: frozenset[str] = frozenset(ROLES), sandbox_port: int | None = None,
         watch: bool = False, reuse_port: bool = False) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(ClientHttpErrors())
     url = store_url or config.settings.store_url
     store = open_store(url)
     runtime = Runtime(config, store, roles=roles)

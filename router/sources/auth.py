@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -84,16 +85,27 @@ def _decode_signature(text: str, scheme: AuthScheme) -> bytes | None:
         return None
 
 
+_UNIX_SECONDS = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_RFC3339 = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})"
+                      r"(?:\.([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
 def parse_timestamp(value: str) -> float | None:
-    """Unix seconds, or RFC 3339."""
+    """Unix seconds (digits, optionally a fraction) or an RFC 3339 time with its offset;
+    None for anything else. Strict on purpose: `float()` would take "nan" (which passes
+    every freshness comparison), "inf", "1e9" and "1_000"."""
     text = value.strip()
-    try:
+    if _UNIX_SECONDS.fullmatch(text):
         return float(text)
-    except ValueError:
-        pass
+    found = _RFC3339.fullmatch(text)
+    if found is None:
+        return None
+    date, clock, fraction, offset = found.groups()
+    offset = "+00:00" if offset in ("Z", "z") else offset
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        return datetime.fromisoformat(f"{date}T{clock}.{(fraction or '0')[:6]:0<6}{offset}"
+                                      ).timestamp()
+    except ValueError:  # month 13, 25:00, ...
         return None
 
 
@@ -101,44 +113,64 @@ def _first_item_payload(body: bytes) -> bytes | None:
     """JSON.stringify(body[0]) for senders that sign only the first item of a batch."""
     try:
         document = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        if isinstance(document, list) and document:
+            return orjson.dumps(document[0])
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):  # not JSON; nested too deep
         return None
-    if isinstance(document, list) and document:
-        return orjson.dumps(document[0])
     return None
 
 
-def _signed_payloads(scheme: AuthScheme, body: bytes, headers: Mapping[str, str],
-                     now: float) -> list[bytes]:
-    if scheme.signed == "timestamp_dot_body":
-        raw_ts = headers.get(scheme.timestamp_header or "")
-        if not raw_ts:
-            raise AuthError("missing_timestamp", f"missing {scheme.timestamp_header} header")
-        ts = parse_timestamp(raw_ts)
-        if ts is None:
-            raise AuthError("invalid_timestamp", f"{scheme.timestamp_header} is not RFC 3339 "
-                            "or unix seconds")
-        if abs(now - ts) > scheme.tolerance_seconds:
-            raise AuthError("stale_timestamp", f"{scheme.timestamp_header} is outside the "
-                            f"{scheme.tolerance_seconds}s tolerance")
-        return [raw_ts.strip().encode() + b"." + body]
-    payloads = [body]
-    if scheme.first_item_fallback:
-        first = _first_item_payload(body)
-        if first is not None:
-            payloads.append(first)
-    return payloads
+@dataclass(frozen=True)
+class PendingSignature:
+    """An HMAC scheme whose headers are present and well formed (signature decoded,
+    timestamp fresh): all that is left is to compare the signature with the body's."""
+
+    scheme: AuthScheme
+    signature: bytes
+    timestamp: str | None = None  # the timestamp header's text, for timestamp_dot_body
 
 
-def verify_hmac(scheme: AuthScheme, body: bytes, headers: Mapping[str, str],
-                pool: Iterable[Candidate], now: float | None = None) -> Candidate:
+def check_signature_headers(scheme: AuthScheme, headers: Mapping[str, str],
+                            now: float | None = None) -> PendingSignature:
+    """Everything about an HMAC that can be judged before the body is read."""
     signature_text = headers.get(scheme.header or "")
     if not signature_text:
         raise AuthError("missing_signature", f"missing {scheme.header} header")
     signature = _decode_signature(signature_text, scheme)
     if signature is None:
         raise AuthError("invalid_signature", f"{scheme.header} is malformed")
-    payloads = _signed_payloads(scheme, body, headers, time.time() if now is None else now)
+    if scheme.signed != "timestamp_dot_body":
+        return PendingSignature(scheme, signature)
+    raw_ts = headers.get(scheme.timestamp_header or "")
+    if not raw_ts:
+        raise AuthError("missing_timestamp", f"missing {scheme.timestamp_header} header")
+    ts = parse_timestamp(raw_ts)
+    if ts is None:
+        raise AuthError("invalid_timestamp", f"{scheme.timestamp_header} is not RFC 3339 "
+                        "or unix seconds")
+    now = time.time() if now is None else now
+    if abs(now - ts) > scheme.tolerance_seconds:
+        raise AuthError("stale_timestamp", f"{scheme.timestamp_header} is outside the "
+                        f"{scheme.tolerance_seconds}s tolerance")
+    return PendingSignature(scheme, signature, raw_ts.strip())
+
+
+def _signed_payloads(pending: PendingSignature, body: bytes) -> list[bytes]:
+    if pending.timestamp is not None:
+        return [pending.timestamp.encode() + b"." + body]
+    payloads = [body]
+    if pending.scheme.first_item_fallback:
+        first = _first_item_payload(body)
+        if first is not None:
+            payloads.append(first)
+    return payloads
+
+
+def verify_signature(pending: PendingSignature, body: bytes,
+                     pool: Iterable[Candidate]) -> Candidate:
+    """The candidate whose secret signed this body, or 401 invalid_signature."""
+    scheme = pending.scheme
+    payloads = _signed_payloads(pending, body)
     matched = None
     for cand in pool:
         secret = _credential(cand.connection, scheme.credential)
@@ -146,12 +178,17 @@ def verify_hmac(scheme: AuthScheme, body: bytes, headers: Mapping[str, str],
             continue
         for payload in payloads:
             # compare against every candidate: no early exit that times the secret list
-            if hmac.compare_digest(_digest(secret, payload, scheme.algorithm), signature) and \
-                    matched is None:
+            if hmac.compare_digest(_digest(secret, payload, scheme.algorithm),
+                                   pending.signature) and matched is None:
                 matched = cand
     if matched is None:
         raise AuthError("invalid_signature", f"{scheme.header} does not match")
     return matched
+
+
+def verify_hmac(scheme: AuthScheme, body: bytes, headers: Mapping[str, str],
+                pool: Iterable[Candidate], now: float | None = None) -> Candidate:
+    return verify_signature(check_signature_headers(scheme, headers, now), body, pool)
 
 
 def verify_static(scheme: AuthScheme, headers: Mapping[str, str],
@@ -214,20 +251,23 @@ def narrow(pool: list[Candidate], account: str | None, environment: str | None) 
     return pool
 
 
-def authenticate(schemes: tuple[AuthScheme, ...], *, body: bytes, headers: Mapping[str, str],
-                 pool: list[Candidate], write_key: str | None = None,
-                 now: float | None = None) -> tuple[Candidate, str]:
-    """Try the source's schemes in order; the first whose credential is present decides.
+def authenticate_headers(schemes: tuple[AuthScheme, ...], *, headers: Mapping[str, str],
+                         pool: list[Candidate], write_key: str | None = None,
+                         now: float | None = None) -> tuple[Candidate, str] | PendingSignature:
+    """Authenticate from the headers alone, before the body is read: a write key or a
+    static secret decides here; an HMAC scheme whose headers are present and well formed
+    comes back as a PendingSignature for `verify_signature` once the body is in.
 
-    A present but wrong credential fails at once (no falling through to a weaker
-    scheme). With no credential at all, the error names every accepted scheme."""
+    The source's schemes are tried in order; the first whose credential is present
+    decides. A present but wrong credential fails at once (no falling through to a
+    weaker scheme). With no credential at all, the error names every accepted scheme."""
     missing: list[AuthError] = []
     for scheme in schemes:
         try:
             if scheme.scheme == "write_key":
                 return verify_write_key(scheme, write_key, pool), scheme.scheme
             if scheme.scheme == "hmac":
-                return verify_hmac(scheme, body, headers, pool, now), scheme.scheme
+                return check_signature_headers(scheme, headers, now)
             if scheme.scheme == "static_secret":
                 return verify_static(scheme, headers, pool), scheme.scheme
         except AuthError as exc:
@@ -240,3 +280,14 @@ def authenticate(schemes: tuple[AuthScheme, ...], *, body: bytes, headers: Mappi
         raise AuthError("missing_credentials", "send one of: " +
                         "; ".join(e.message.removeprefix("missing ") for e in missing))
     raise AuthError("unauthenticated", "this source accepts no credentials on this endpoint")
+
+
+def authenticate(schemes: tuple[AuthScheme, ...], *, body: bytes, headers: Mapping[str, str],
+                 pool: list[Candidate], write_key: str | None = None,
+                 now: float | None = None) -> tuple[Candidate, str]:
+    """authenticate_headers, then the signature over `body` when one is pending."""
+    verdict = authenticate_headers(schemes, headers=headers, pool=pool, write_key=write_key,
+                                   now=now)
+    if isinstance(verdict, PendingSignature):
+        return verify_signature(verdict, body, pool), verdict.scheme.scheme
+    return verdict

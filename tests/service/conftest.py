@@ -37,7 +37,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def make_config_dir(target: Path, **router_overrides: Any) -> Path:
+def make_config_dir(target: Path, sections: dict[str, dict[str, Any]] | None = None,
+                    **router_overrides: Any) -> Path:
+    """A copy of the shipped config plus the test account; `router_overrides` go into
+    router.yaml's `server:`, `sections` are merged into its other top-level sections."""
     for sub in ("configs", "mappings", "destinations.d"):
         shutil.copytree(REPO / sub, target / sub)
     shutil.copy(FIXTURES / "acme.yaml", target / "configs" / "accounts" / "acme.yaml")
@@ -61,6 +64,8 @@ def make_config_dir(target: Path, **router_overrides: Any) -> Path:
     data["server"]["pixel_rate_limit_per_minute"] = 120
     for key, value in router_overrides.items():
         data["server"][key] = value
+    for section, values in (sections or {}).items():
+        data.setdefault(section, {}).update(values)
     router_yaml.write_text(yaml.safe_dump(data))
     return target
 
@@ -71,6 +76,7 @@ class Service:
     process: subprocess.Popen[bytes]
     log: Path
     sink: str = ""
+    db: Path | None = None
 
     def sandbox(self, path: str, method: str = "GET", **body: Any) -> Any:
         response = requests.request(method, self.sink + path, json=body or None, timeout=10)
@@ -153,7 +159,7 @@ def start_service(config_dir: Path, db: Path, log: Path,
         env=_env(sink), stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     _wait_healthy(url + "/healthz", process, log)
-    return Service(url, process, log, sink)
+    return Service(url, process, log, sink, db)
 
 
 def start_sandbox(config_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:

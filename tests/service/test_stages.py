@@ -93,19 +93,27 @@ def test_one_event_that_cannot_be_sent_fails_alone(service: Service) -> None:
 
 # --- bursts and crashes -----------------------------------------------------------------
 
-async def _burst(url: str, batches: list[list[dict[str, Any]]],
-                 concurrency: int) -> list[tuple[int, Any]]:
+async def _burst(url: str, batches: list[list[dict[str, Any]]], concurrency: int,
+                 answered: asyncio.Event | None = None,
+                 enough: int = 0) -> list[tuple[int, Any]]:
+    """POST the batches, `concurrency` at a time; `answered` is set once `enough`
+    requests have their answer (to kill the server in the middle of a burst)."""
     auth = {"Authorization": "Basic " + base64.b64encode(b"acme-production-key:").decode()}
     limit = asyncio.Semaphore(concurrency)
+    done = [0]
     async with aiohttp.ClientSession(headers=auth) as session:
         async def one(batch: list[dict[str, Any]]) -> tuple[int, Any]:
             async with limit:
                 try:
                     async with session.post(url + "/v1/batch", json={"batch": batch},
                                             timeout=aiohttp.ClientTimeout(total=30)) as r:
-                        return r.status, await r.json(content_type=None)
+                        answer = r.status, await r.json(content_type=None)
                 except (TimeoutError, aiohttp.ClientError, ValueError):
-                    return 0, None
+                    answer = 0, None
+                done[0] += 1
+                if answered is not None and done[0] >= enough:
+                    answered.set()
+                return answer
         return await asyncio.gather(*(one(b) for b in batches))
 
 
@@ -155,8 +163,10 @@ def test_kill_9_during_a_burst_loses_no_acknowledged_event(tmp_path: Path) -> No
         batches = [[signup(f"k-{tag}-{n}-{i}") for i in range(50)] for n in range(200)]
 
         async def burst_then_kill() -> list[tuple[int, Any]]:
-            task = asyncio.ensure_future(_burst(svc.url, batches, concurrency=20))
-            await asyncio.sleep(0.6)  # part of the burst acknowledged, part in flight
+            answered = asyncio.Event()
+            task = asyncio.ensure_future(_burst(svc.url, batches, concurrency=20,
+                                                answered=answered, enough=len(batches) // 3))
+            await answered.wait()  # a third acknowledged, more in flight
             svc.process.send_signal(signal.SIGKILL)
             return await task
 
