@@ -196,7 +196,8 @@ class Bench:
         args = ["serve", "--store", store or self.fresh_db(), "--port", str(port),
                 "--log-level", "WARNING"]
         if not workers:
-            args.append("--no-workers")
+            # the acknowledgement path alone: stage 2 and delivery run elsewhere (or not)
+            args += ["--role", "gateway"]
         if reuse_port:
             args.append("--reuse-port")
         cmd = ([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "router.cli", *args]
@@ -206,7 +207,9 @@ class Bench:
         return proc, url
 
     def worker(self, store: str, profile: Path | None = None) -> Proc:
-        args = ["worker", "--store", store, "--log-level", "WARNING"]
+        """Stage 2 and delivery without HTTP, beside gateway-only processes."""
+        args = ["worker", "--store", store, "--log-level", "WARNING", "--role",
+                "processor,delivery"]
         cmd = ([sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "router.cli", *args]
                if profile else router_cmd(*args))
         proc = self.procs.start("worker", cmd, cwd=self.engine)
@@ -241,11 +244,12 @@ class Bench:
     # --- 1 + 2: ingest ------------------------------------------------------------------
 
     def ingest(self) -> None:
-        """Ingest alone (`router serve --no-workers`), against the baseline."""
+        """The gateway alone (`router serve --role gateway`: the durable acknowledgement,
+        no stage 2, no delivery), against the baseline."""
         plan = self.plan
         router, url = self.router(workers=False)
         watch = {"router": router.pid, "baseline": self.baseline.pid if self.baseline else None}
-        out: dict[str, Any] = {"mode": "router serve --no-workers (ingest only; durable "
+        out: dict[str, Any] = {"mode": "router serve --role gateway (acknowledgement only; durable "
                                "group-committed acknowledgement)"}
         try:
             self.warm(self.base_url)
@@ -348,7 +352,8 @@ class Bench:
                                          name="serve-a")
                 second = self.procs.start("serve-b", router_cmd(
                     "serve", "--store", store, "--port", str(port),
-                    "--log-level", "WARNING", "--no-workers", "--reuse-port"), cwd=self.engine)
+                    "--log-level", "WARNING", "--role", "gateway", "--reuse-port"),
+                    cwd=self.engine)
                 procs += [first, second]
                 serving = wait_reuse_port(url + "/healthz", 2)
                 procs.append(self.worker(store))
@@ -448,12 +453,12 @@ class Bench:
     # --- 5: memory ---------------------------------------------------------------------------
 
     def memory(self) -> None:
-        """RSS of `router serve --no-workers` after N1 and N2 events of batched ingest."""
+        """RSS of `router serve --role gateway` after N1 and N2 events of batched ingest."""
         plan = self.plan
         n2 = plan.memory_events
         n1 = plan.memory_checkpoint
         router, url = self.router(workers=False)
-        out: dict[str, Any] = {"mode": "router serve --no-workers, /v1/batch x100, 8 "
+        out: dict[str, Any] = {"mode": "router serve --role gateway, /v1/batch x100, 8 "
                                "connections", "n1": n1, "n2": n2, "samples": []}
         token = uuid.uuid4().hex[:8]
         started = time.monotonic()
@@ -494,7 +499,7 @@ class Bench:
 
     def profile(self) -> None:
         """cProfile of the ingest path (single events, closed loop) and of delivery
-        (`router worker` while `serve --no-workers` takes a fixed rate)."""
+        (`router worker` while `serve --role gateway` takes a fixed rate)."""
         plan = self.plan
         out: dict[str, Any] = {}
         prof = self.out_dir / f"{self.stamp}-ingest.prof"
@@ -531,10 +536,10 @@ class Bench:
     # --- the multi-process mode -------------------------------------------------------------
 
     def multi_ingest(self) -> None:
-        """Two `router serve --no-workers --reuse-port` on one port vs one process, and
+        """Two `router serve --role gateway --reuse-port` on one port vs one process, and
         two baseline processes on one port vs one."""
         plan = self.plan
-        out: dict[str, Any] = {"mode": "2 x router serve --no-workers --reuse-port (one port, "
+        out: dict[str, Any] = {"mode": "2 x router serve --role gateway --reuse-port (one port, "
                                "one SQLite file)"}
         port = free_port()
         store = self.fresh_db()
@@ -542,7 +547,7 @@ class Bench:
                              name="serve-a")
         b = self.procs.start("serve-b", router_cmd("serve", "--store", store, "--port",
                                                    str(port), "--log-level", "WARNING",
-                                                   "--no-workers", "--reuse-port"),
+                                                   "--role", "gateway", "--reuse-port"),
                              cwd=self.engine)
         bport = free_port()
         base_a = self.procs.start("baseline-a", [sys.executable, "-m", "bench.baseline_server",

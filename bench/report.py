@@ -62,7 +62,7 @@ def render(r: dict[str, Any]) -> str:
                 f"| bare aiohttp baseline, after | {_n(b['after']['events_per_s'])} | "
                 f"{b['after']['p50_ms']} | {b['after']['p99_ms']} | {b['after']['errors']} | "
                 f"1.00 | | | {_cpu(b['after'].get('cpu_percent_of_one_core'))} |",
-                f"| router serve --no-workers (ingest path) | {_n(rs['events_per_s'])} | "
+                f"| router serve --role gateway (ingest path) | {_n(rs['events_per_s'])} | "
                 f"{rs['p50_ms']} | {rs['p99_ms']} | {rs['errors']} | "
                 f"{rs['ratio_to_baseline']:.3f} | ≥ {t.get('single_ratio')} | "
                 f"{_met(rs['ratio_to_baseline'] >= t.get('single_ratio', 0.6))} | "
@@ -77,7 +77,7 @@ def render(r: dict[str, Any]) -> str:
                        f"{_cpu(w.get('cpu_percent_of_one_core'))} |")
         if multi and "router_single" in multi:
             ms = multi["router_single"]
-            out.append(f"| 2 x serve --no-workers --reuse-port | {_n(ms['events_per_s'])} | "
+            out.append(f"| 2 x serve --role gateway --reuse-port | {_n(ms['events_per_s'])} | "
                        f"{ms['p50_ms']} | {ms['p99_ms']} | {ms['errors']} | "
                        f"{_n(ms.get('ratio_to_baseline_2proc'), 3)} (to 2 baseline processes) "
                        f"| | | {_cpu(ms.get('cpu_percent_of_one_core'))} |")
@@ -111,7 +111,7 @@ def render(r: dict[str, Any]) -> str:
             bb, rb = ingest["baseline_batch100"], ingest["router_batch100"]
             out.append(f"| bare aiohttp baseline | {_n(bb['events_per_s'])} | {bb['p50_ms']} | "
                        f"{bb['p99_ms']} | 1.00 | | |")
-            out.append(f"| router serve --no-workers | {_n(rb['events_per_s'])} | {rb['p50_ms']} "
+            out.append(f"| router serve --role gateway | {_n(rb['events_per_s'])} | {rb['p50_ms']} "
                        f"| {rb['p99_ms']} | {rb['ratio_to_baseline']:.3f} | ≥ {target:,} "
                        f"| {_met(rb['events_per_s'] >= target)} |")
         if workers and "router_batch100" in workers:
@@ -121,12 +121,12 @@ def render(r: dict[str, Any]) -> str:
                        f"{_met(wb['events_per_s'] >= target)} |")
         if multi and "router_batch100" in multi:
             mb = multi["router_batch100"]
-            out.append(f"| 2 x serve --no-workers --reuse-port | {_n(mb['events_per_s'])} | "
+            out.append(f"| 2 x serve --role gateway --reuse-port | {_n(mb['events_per_s'])} | "
                        f"{mb['p50_ms']} | {mb['p99_ms']} | | (one process: target) | "
                        f"{_n(mb.get('ratio_to_one_process'), 2)}x one process |")
         out.append("")
     for key, title in (("e2e", "one process (`router serve`)"),
-                       ("multi_e2e", "multi-process (2 x `serve --no-workers --reuse-port` + "
+                       ("multi_e2e", "multi-process (2 x `serve --role gateway --reuse-port` + "
                                      "`router worker`)")):
         runs = r.get(key, {}).get("runs", [])
         if not runs:
@@ -226,7 +226,7 @@ def render(r: dict[str, Any]) -> str:
     prof = r.get("profile")
     if prof:
         out += ["## 6. CPU profile (cProfile)", ""]
-        for key, title in (("ingest", "ingest path: `router serve --no-workers`, single events"),
+        for key, title in (("ingest", "ingest path: `router serve --role gateway`, single events"),
                            ("delivery", "delivery: `router worker`, 13 destinations")):
             p = prof.get(key, {})
             if "own_time_top" not in p:

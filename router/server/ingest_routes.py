@@ -13,6 +13,7 @@ are stored. Stage 2 (mapping, dedup, routing) runs after the answer.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -111,7 +112,10 @@ def correct_skew(message: dict[str, Any], sent_at: Any, received: datetime) -> d
 
     A sender's clock may be wrong; the difference between when it says it sent the
     request and when we received it corrects every event time in the request."""
-    sent = parse_time(message.get("sentAt") or sent_at)
+    sent_raw = message.get("sentAt") or sent_at
+    if not sent_raw:  # nothing to correct with (most server SDKs' single calls)
+        return message
+    sent = parse_time(sent_raw)
     original_raw = message.get("originalTimestamp") or message.get("timestamp")
     original = parse_time(original_raw)
     if sent is None or original is None:
@@ -150,7 +154,41 @@ def _tracking_sources(config: CompiledConfig) -> list[SourceMapping]:
 
 def write_key_matches(config: CompiledConfig,
                       key: str | None) -> list[tuple[SourceMapping, Candidate]]:
-    """Every (source, account/environment) the write key belongs to; 401 when none."""
+    """Every (source, account/environment) the write key belongs to; 401 when none.
+
+    The answer for a key is remembered per compiled config (a reload starts afresh), by
+    the key's SHA-256: a lookup never compares secret material byte by byte, and the
+    constant-time comparison runs once per key rather than on every request."""
+    if not key:
+        return _match_write_key(config, key)
+    cache = _WRITE_KEYS.get(id(config))
+    if cache is None or cache[0] is not config:
+        if len(_WRITE_KEYS) > 8:  # configs of earlier reloads
+            _WRITE_KEYS.clear()
+        cache = _WRITE_KEYS[id(config)] = (config, {})
+    digest = hashlib.sha256(key.encode()).digest()
+    found = cache[1].get(digest)
+    if found is None:
+        try:
+            found = _match_write_key(config, key)
+        except AuthError as exc:
+            found = exc
+        if len(cache[1]) >= WRITE_KEY_CACHE:  # unknown keys must not grow it without bound
+            cache[1].clear()
+        cache[1][digest] = found
+    if isinstance(found, AuthError):
+        raise AuthError(found.code, found.message)
+    return found
+
+
+WRITE_KEY_CACHE = 10_000
+# id(config) -> (config, {sha256(key): matches or the AuthError}); holding the config
+# keeps its id from being reused while its entry lives
+_WRITE_KEYS: dict[int, tuple[CompiledConfig, dict[bytes, Any]]] = {}
+
+
+def _match_write_key(config: CompiledConfig,
+                     key: str | None) -> list[tuple[SourceMapping, Candidate]]:
     matches: list[tuple[SourceMapping, Candidate]] = []
     first_error: AuthError | None = None
     for mapping in _tracking_sources(config):

@@ -68,6 +68,7 @@ class Metrics:
         self.events = Counter("router_events_total",
                               "Events answered by the gateway, by source and status",
                               ["source", "status"], registry=self.registry)
+        self._event_children: dict[tuple[str, str], Any] = {}
         self.processed = Counter("router_processed_total",
                                  "Events decided by the processor (stage 2), by source, status "
                                  "and rejection code", ["source", "status", "code"],
@@ -84,9 +85,14 @@ class Metrics:
             "(unauthenticated_bodies_per_client)", registry=self.registry)
 
     def count_results(self, source: str, results: Sequence[dict[str, Any] | None]) -> None:
+        children = self._event_children
         for result in results:
             if result is not None:
-                self.events.labels(source, result["status"]).inc()
+                key = (source, result["status"])
+                child = children.get(key)
+                if child is None:  # labels() takes a lock and builds a key: once per pair
+                    child = children[key] = self.events.labels(*key)
+                child.inc()
 
 
 class _PipelineCollector:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,11 +25,18 @@ log = logging.getLogger("router.serve")
 
 
 def _event_loop_policy() -> None:
+    # The store's writer thread needs the GIL for a moment between SQLite calls; with
+    # the default 5 ms switch interval it would wait that long behind the event loop at
+    # every step of a commit, and every acknowledgement with it.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     try:
         import uvloop
     except ImportError:
         return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def _sandbox_context(config: CompiledConfig, host: str, port: int) -> Any:

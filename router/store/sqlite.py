@@ -148,6 +148,7 @@ class SQLiteStore(Store):
                     ids):
                 known.add((account, environment, event_id))
         out: list[Appended] = []
+        rows: list[tuple[Any, ...]] = []
         fresh: list[tuple[str, str, str, float]] = []
         for request in requests:
             flags = []
@@ -158,13 +159,18 @@ class SQLiteStore(Store):
                     known.add(key)  # a second copy later in this group is a retry too
                     fresh.append((*key, now))
                 flags.append(duplicate)
-            cur = conn.execute(
-                "INSERT INTO inbox (partition, account, environment, source, received_at, "
-                "arrived, count, meta, event_ids, messages, wait) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (request.partition, request.account, request.environment, request.source,
-                 request.received_at, now, len(request.messages), _dumps(dict(request.meta)),
-                 _dumps(request.event_ids), _dumps(request.messages), int(request.wait)))
-            out.append(Appended(int(cur.lastrowid or 0), tuple(flags)))
+            rows.append((request.partition, request.account, request.environment,
+                         request.source, request.received_at, now, len(request.messages),
+                         _dumps(dict(request.meta)), _dumps(request.event_ids),
+                         _dumps(request.messages), int(request.wait)))
+            out.append(Appended(0, tuple(flags)))
+        conn.executemany(
+            "INSERT INTO inbox (partition, account, environment, source, received_at, "
+            "arrived, count, meta, event_ids, messages, wait) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            rows)
+        # one writer, one transaction, AUTOINCREMENT: the group's ids are consecutive
+        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        out = [Appended(last - len(out) + 1 + i, a.duplicates) for i, a in enumerate(out)]
         if fresh:
             conn.executemany("INSERT OR REPLACE INTO ack_keys VALUES (?,?,?,?)", fresh)
         return out
