@@ -816,7 +816,9 @@ def check_config(root: str) -> tuple[CompiledConfig | None, list[Issue]]:
 def _merge_spec(data: dict[str, Any]) -> MergeSpec:
     merge = data.get("merge") or {}
     return MergeSpec(browser=tuple(tuple(p.split(".")) for p in merge.get("browser") or ()),
-                     server=tuple(tuple(p.split(".")) for p in merge.get("server") or ()))
+                     server=tuple(tuple(p.split(".")) for p in merge.get("server") or ()),
+                     browser_wins=tuple(tuple(p.split("."))
+                                        for p in merge.get("browser_wins") or ()))
 
 
 def load_config(root: str) -> CompiledConfig:

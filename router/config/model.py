@@ -291,6 +291,8 @@ class MergeSpec:
 
     browser: tuple[tuple[str, ...], ...] = ()
     server: tuple[tuple[str, ...], ...] = ()
+    # fields a browser half's value replaces when the halves merge (its action source)
+    browser_wins: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)

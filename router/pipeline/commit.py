@@ -152,7 +152,8 @@ def build_planner(config: CompiledConfig, items: Sequence[Item], now: float,
                                                         row.row.release_at))
             stored[f"{account}{SEP}{environment}{SEP}{key}"] = working
         batch = [NewEvent(enriched[i], tuple(scoped(enriched[i], k)
-                                             for k in _keys(config, enriched[i], items[i])))
+                                             for k in _keys(config, enriched[i], items[i])),
+                          _wins(config, enriched[i]))
                  for i in live]
         plan = plan_batch(batch, stored)
         write = WritePlan(identity=changes)
@@ -235,6 +236,14 @@ def build_planner(config: CompiledConfig, items: Sequence[Item], now: float,
         return write
 
     return planner
+
+
+def _wins(config: CompiledConfig, event: Event) -> tuple[tuple[str, str], ...]:
+    """A browser half's fields that replace a server half's when they merge."""
+    mapping = config.mappings.get(event.source)
+    if mapping is None or mapping.ingest.half != "browser":
+        return ()
+    return tuple((p[0], p[1]) for p in config.merge.browser_wins if len(p) == 2)
 
 
 def _epoch(iso: str | None) -> float | None:

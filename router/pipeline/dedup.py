@@ -49,6 +49,9 @@ class Stored:
 class NewEvent:
     event: Event
     keys: tuple[str, ...]
+    # (section, key) whose value this event brings even when the first arrival has one:
+    # a browser half's action source and page win over a server half's
+    wins: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,9 +77,17 @@ class Plan:
     outcomes: list[Outcome] = field(default_factory=list)  # one per batch item, in order
 
 
-def merge_into(first: dict[str, Any], later: Event) -> list[str]:
-    """Fill identifiers and context the first arrival lacks; returns what was merged."""
+def merge_into(first: dict[str, Any], later: Event,
+               wins: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    """Fill identifiers and context the first arrival lacks, and replace the fields the
+    later event `wins`; returns what was merged."""
     merged: list[str] = []
+    for section, key in wins:
+        value = getattr(later, section).get(key)
+        target = first.setdefault(section, {})
+        if value not in (None, "", [], {}) and target.get(key) != value:
+            target[key] = value
+            merged.append(f"{section}.{key}")
     for section, keys in (("user_data", None), ("context", MERGEABLE_CONTEXT),
                           ("custom_data", None)):
         target = first.setdefault(section, {})
@@ -115,7 +126,7 @@ def plan_batch(batch: list[NewEvent], existing: dict[str, Stored]) -> Plan:
         matched_new = [k for k in item.keys if k in first_by_key]
         if matched_new:
             first = first_by_key[matched_new[0]]
-            merged = merge_into(bodies[first], item.event)
+            merged = merge_into(bodies[first], item.event, item.wins)
             evidence[first].setdefault("duplicates", []).append(
                 _evidence_entry(item.event, matched_new, merged))
             plan.outcomes.append(Outcome("duplicate", _reason(matched_new, bodies[first]["source"]),
@@ -124,7 +135,7 @@ def plan_batch(batch: list[NewEvent], existing: dict[str, Stored]) -> Plan:
         matched_old = [k for k in item.keys if k in existing]
         if matched_old:
             stored = plan.updates.get(existing[matched_old[0]].seq, existing[matched_old[0]])
-            merged = merge_into(stored.event, item.event)
+            merged = merge_into(stored.event, item.event, item.wins)
             stored.evidence.setdefault("duplicates", []).append(
                 _evidence_entry(item.event, matched_old, merged))
             plan.updates[stored.seq] = stored
