@@ -2,8 +2,9 @@
 
 Workers hand over the outcomes of each answered request (with the request's excerpt,
 stored once however many events it carried); the writer commits whatever queued while
-the previous transaction was being written in one transaction, then tells each worker
-which of its jobs are done. A failed write is retried: the outcomes stay in memory and
+the previous transaction was being written — after a short linger, so the answers of every
+destination for the same events share one transaction — then tells each worker which of
+its jobs are done. A failed write is retried: the outcomes stay in memory and
 the claims stay leased meanwhile, so nothing is lost or sent twice by this process.
 """
 
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from router.delivery.worker import DestinationWorker
 
 log = logging.getLogger("router.delivery")
+LINGER_SECONDS = 0.015  # gather outcomes this long before a transaction...
+LINGER_UNTIL = 200  # ...unless this many are waiting already
 
 
 @dataclass
@@ -34,8 +37,10 @@ class _Submission:
 
 class OutcomeWriter:
     def __init__(self, store: Store, owner: str, plaintext: Callable[[], frozenset[str]],
-                 on_written: Callable[[Sequence[Outcome]], None] | None = None):
+                 on_written: Callable[[Sequence[Outcome]], None] | None = None,
+                 linger: float = LINGER_SECONDS):
         self.store = store
+        self.linger = linger
         self.owner = owner
         self.plaintext = plaintext
         self.on_written = on_written
@@ -83,6 +88,11 @@ class OutcomeWriter:
             if not self._pending:
                 self._idle.set()
                 continue
+            if self.linger and sum(len(p.outcomes) for p in self._pending) < LINGER_UNTIL:
+                # the other destinations' answers for the same events arrive within a few
+                # ms: one transaction for all of them instead of one each. The platforms
+                # have their events already; only the record waits.
+                await asyncio.sleep(self.linger)
             batch, self._pending = self._pending, []
             outcomes: list[Outcome] = []
             requests: list[RequestExcerpt] = []
