@@ -54,7 +54,8 @@ async def process(runtime: Runtime, config: CompiledConfig, mapping: SourceMappi
     wait = request is not None and wants_wait(request)
     answer = await accept(config, runtime.appender, runtime.waiters, mapping, cand.account,
                           cand.environment, messages, meta, iso_time(received) or "", wait)
-    runtime.metrics.count_results(mapping.source, answer.results)
+    runtime.observer.acknowledged(mapping.source, cand.account, cand.environment,
+                                  answer.acknowledged or answer.results)
     return json_response(answer.body, answer.status)
 
 

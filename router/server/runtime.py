@@ -12,10 +12,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from router.config.compile import check_config
@@ -24,6 +22,11 @@ from router.config.model import CompiledConfig
 from router.delivery.plane import DeliveryPlane, new_owner
 from router.gateway.appender import Appender
 from router.gateway.waiters import Waiters
+from router.ops.alerting import Alerting
+from router.ops.detectors import KINDS
+from router.ops.feed import Feed
+from router.ops.metrics import Metrics
+from router.ops.observe import Observer
 from router.pipeline.commit import Result
 from router.pipeline.processor import Processor
 from router.pipeline.routing import clear_caches
@@ -58,29 +61,6 @@ def _snapshot(root: str) -> dict[str, float]:
                     except FileNotFoundError:
                         continue
     return out
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.events = Counter("router_events_total",
-                              "Events answered by the gateway, by source and status",
-                              ["source", "status"], registry=self.registry)
-        self.processed = Counter("router_processed_total",
-                                 "Events decided by the processor (stage 2), by source, status "
-                                 "and rejection code", ["source", "status", "code"],
-                                 registry=self.registry)
-        self.requests = Histogram("router_request_seconds", "Ingest request latency",
-                                  ["endpoint", "code"], registry=self.registry,
-                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
-        self.shed = Counter("router_requests_shed_total",
-                            "Ingest requests answered 503 overloaded", ["reason"],
-                            registry=self.registry)
-
-    def count_results(self, source: str, results: Sequence[dict[str, Any] | None]) -> None:
-        for result in results:
-            if result is not None:
-                self.events.labels(source, result["status"]).inc()
 
 
 class _PipelineCollector:
@@ -126,14 +106,20 @@ class Runtime:
         self.governor = Governor(s.background_share)
         self.metrics = Metrics()
         self.metrics.registry.register(_PipelineCollector(self))
+        self.feed = Feed()
+        self.observer = Observer(self.metrics, self.feed, lambda: self._config)
         self.pixel_limiter = RateLimiter(s.pixel_rate_limit_per_minute)
         self.appender = Appender(store, lambda: self._config.settings.dedup_window_seconds,
                                  s.group_commit_max_events) if "gateway" in roles else None
         self.waiters = Waiters(store)
         self.processor = Processor(store, lambda: self._config, self.owner, self.governor,
                                    on_results=self._processed) if "processor" in roles else None
-        self.plane = DeliveryPlane(store, lambda: self._config, self.owner, self.governor) \
+        self.plane = DeliveryPlane(store, lambda: self._config, self.owner, self.governor,
+                                   on_outcomes=self.observer.delivered) \
             if "delivery" in roles else None
+        # one process of those sharing the store runs the detectors (a lease decides)
+        self.alerting = Alerting(store, lambda: self._config, self.owner, self.metrics) \
+            if "processor" in roles else None
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._backlog_seen = (0, 0.0)  # (store's inbox depth, when read) for split roles
@@ -144,8 +130,17 @@ class Runtime:
     def _processed(self, row: InboxRow, results: list[Result]) -> None:
         answers = [{"position": i, **r.to_json()} for i, r in enumerate(results)]
         self.waiters.resolve(row.id, answers)
-        for result in results:
-            self.metrics.processed.labels(row.source, result.status, result.code or "").inc()
+        self.observer.processed(row, results)
+
+    async def refresh_gauges(self) -> None:
+        """Before /metrics answers: the store-backed gauges (cached briefly)."""
+        await self.metrics.store.refresh(self.store, KINDS)
+
+    async def resume(self, destination: str | None = None, account: str | None = None,
+                     trigger: str = "admin") -> int:
+        lifted = await self.store.resume(destination, account)
+        self.observer.resumed(lifted, destination, account, trigger)
+        return lifted
 
     def backlog(self) -> int:
         """Acknowledged messages not yet processed, as well as this process knows."""
@@ -201,7 +196,7 @@ class Runtime:
         self._config = config
         if self.plane is not None:
             self.plane.sync()
-        resumed = await self.store.resume()
+        resumed = await self.resume(trigger=reason)
         log.info("%s: config %s -> %s%s", reason, old.config_hash, config.config_hash,
                  f" ({resumed} paused connection(s) resumed)" if resumed else "")
         return True
@@ -229,6 +224,8 @@ class Runtime:
             self._backlog_left, _ = await self.store.inbox_depth()
         if self.plane is not None:
             self.plane.start()
+        if self.alerting is not None:
+            self.alerting.start()
         # other processes (another role, the CLI's replay and resume) commit to the same
         # store: notice them — often when roles are split, rarely otherwise
         interval = 0.02 if self.roles != frozenset(ROLES) else 0.5
@@ -273,6 +270,8 @@ class Runtime:
                 await task
         if self.plane is not None:
             await self.plane.stop()
+        if self.alerting is not None:
+            await self.alerting.stop()
         self.waiters.stop()
         await self.store.release_leases(self.owner)
         await self.store.close()
