@@ -253,7 +253,9 @@ async def send(spec: ChannelSpec, notice: Notice, session: aiohttp.ClientSession
             text = (await response.read())[:300].decode("utf-8", "replace")
             if not 200 <= response.status < 300:
                 raise ChannelError(f"HTTP {response.status}: {text}")
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except TimeoutError:
+        raise ChannelError(f"no answer within {spec.timeout_seconds:g} s") from None
+    except aiohttp.ClientError as exc:
         raise ChannelError(f"{type(exc).__name__}: {exc}") from None
 
 

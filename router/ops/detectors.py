@@ -134,9 +134,10 @@ class PlatformDown:
             if h is None or h.failures == 0 or h.failures < settings.min_failures:
                 out.append(Finding(subject, OK, detail))
             elif last is not None and last >= ctx.now - settings.window_seconds:
-                detail["examples"] = await _examples(
-                    ctx.store, destination=key[0], account=key[1], environment=key[2],
-                    delivery_status=("failed", "dropped", "queued"))
+                scope = {"destination": key[0], "account": key[1], "environment": key[2]}
+                detail["examples"] = await _examples(ctx.store, delivery_status=("failed",),
+                                                     **scope) or \
+                    await _examples(ctx.store, undelivered=True, **scope)
                 out.append(Finding(subject, FIRING, detail, (h.last_error,)))
             else:
                 out.append(Finding(subject, UNKNOWN))  # stale failures: nothing new to judge

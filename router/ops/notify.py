@@ -136,7 +136,7 @@ class Notifier:
                 delay = backoff(settings, work.tries[name])
                 work.next_at[name] = time.monotonic() + delay
                 self._count(name, "retry")
-                log.warning("alert channel %s failed (attempt %d), retry in %.0f s: %s", name,
+                log.warning("alert channel %s failed (attempt %d), retry in %.1f s: %s", name,
                             work.tries[name], delay, message,
                             extra=fields(event="alert.notify_retry", channel=name,
                                          alert_id=work.entry.alert_id, error=message))

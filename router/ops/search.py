@@ -31,6 +31,7 @@ DELIVERY_STATUSES = ("queued", "failed", "delivered", "dropped")
 MAX_LIMIT = 1000
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class QueryError(ValueError):
@@ -108,7 +109,7 @@ def known_sources(config: CompiledConfig) -> set[str]:
 
 def email_hash(value: str) -> str:
     normalized = fx.norm_email(value)
-    if not normalized or "@" not in normalized:
+    if not normalized or not _EMAIL.fullmatch(normalized):
         raise QueryError("invalid_parameter", "email is not an email address")
     return fx.sha256(normalized) or ""
 
