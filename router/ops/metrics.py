@@ -105,12 +105,16 @@ class StoreGauges:
         self.open_alerts: dict[str, int] = {}
         self.inbox: tuple[int, float | None] = (0, None)
         self.now = 0.0
+        self.destinations: tuple[str, ...] = ()
 
-    async def refresh(self, store: Store, kinds: tuple[str, ...]) -> None:
+    async def refresh(self, store: Store, kinds: tuple[str, ...],
+                      destinations: tuple[str, ...] = ()) -> None:
+        """`destinations`: reported at 0 when nothing is pending, rather than absent."""
         now = time.time()
         if now - self.read_at < STORE_TTL:
             return
         self.read_at = now
+        self.destinations = destinations
         self.queue = await store.delivery_queue(now)
         paused: dict[str, int] = {}
         for pause in await store.pauses():
@@ -132,7 +136,7 @@ class StoreGauges:
         oldest = GaugeMetricFamily("router_delivery_oldest_due_seconds",
                                    "Age of the longest-waiting due delivery (0: none due)",
                                    labels=["destination"])
-        by_destination: dict[str, list[int]] = {}
+        by_destination: dict[str, list[int]] = {d: [0, 0, 0, 0] for d in self.destinations}
         ages: dict[str, float] = {}
         for row in self.queue:
             counts = by_destination.setdefault(row.destination, [0, 0, 0, 0])
@@ -151,7 +155,8 @@ class StoreGauges:
         paused = GaugeMetricFamily("router_paused_connections",
                                    "Connections paused on rejected credentials",
                                    labels=["destination"])
-        for destination, count in sorted(self.paused.items()):
+        for destination, count in sorted({**dict.fromkeys(self.destinations, 0),
+                                          **self.paused}.items()):
             paused.add_metric([destination], count)
         yield paused
         alerts = GaugeMetricFamily("router_alerts_open", "Open alerts by kind", labels=["kind"])

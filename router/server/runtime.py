@@ -84,6 +84,9 @@ class _PipelineCollector:
             yield GaugeMetricFamily("router_processor_lag_seconds",
                                     "Acknowledgement to decision, for the last batch",
                                     value=rt.processor.stats.last_lag_seconds)
+        yield GaugeMetricFamily("router_stream_listeners",
+                                "Clients following GET /admin/stream (router tail)",
+                                value=rt.feed.subscribers)
         yield GaugeMetricFamily("router_inbox_backlog_messages",
                                 "Acknowledged messages not yet processed (estimate)",
                                 value=rt.backlog())
@@ -134,7 +137,8 @@ class Runtime:
 
     async def refresh_gauges(self) -> None:
         """Before /metrics answers: the store-backed gauges (cached briefly)."""
-        await self.metrics.store.refresh(self.store, KINDS)
+        await self.metrics.store.refresh(self.store, KINDS,
+                                         tuple(sorted(self._config.destinations)))
 
     async def resume(self, destination: str | None = None, account: str | None = None,
                      trigger: str = "admin") -> int:

@@ -112,9 +112,13 @@ class Service:
 
 
 def start_service(config_dir: Path, db: Path, log: Path,
-                  extra_args: tuple[str, ...] = ()) -> Service:
-    port, sink_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEMO_", "ACME_"))}
+                  extra_args: tuple[str, ...] = (),
+                  extra_env: dict[str, str] | None = None,
+                  sink_port: int | None = None) -> Service:
+    port, sink_port = free_port(), sink_port or free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DEMO_", "ACME_", "ROUTER_ALERT_"))}
+    env.update(extra_env or {})
     env["ROUTER_ADMIN_TOKEN"] = ADMIN_TOKEN
     env["DEMO_SINK_URL"] = f"http://127.0.0.1:{sink_port}"
     env["ROUTER_RETRY_BASE_SECONDS"] = "0.3"
