@@ -101,9 +101,9 @@ def test_a_paused_connection_stays_open_until_the_resume(
     async def body(store: SQLiteStore) -> tuple[Any, ...]:
         [row] = await commit(store, config, [item(config, "pz", "o-pz")])
         now = time.time()
+        await store.pause("webhook", "demo", "production", "HTTP 401: token expired")
         await store.record([Outcome(row.seq, "webhook", "queued", True, "paused: HTTP 401")],
                            [], OWNER, now)
-        await store.pause("webhook", "demo", "production", "HTTP 401: token expired")
         detectors = Detectors(store)
         first = await detectors.run_once(config, now)
         [alert] = await store.alerts(open_only=True, kind="platform_down")
@@ -112,7 +112,10 @@ def test_a_paused_connection_stays_open_until_the_resume(
         return first, alert, after, await store.alerts(open_only=True)
 
     first, alert, after, still_open = run(tmp_path / "pause.db", body)
-    assert first == [] and alert.detail["last_error"] == "HTTP 401: token expired"
+    assert changes(first, "platform_down") == []  # the pause had opened it already
+    detail = alert.detail
+    assert detail["last_error"] == "HTTP 401: token expired" and detail["paused"]
+    assert detail["examples"] == ["pz"] and detail["numbers"] == {"waiting_deliveries": 1}
     assert after == [] and still_open == []  # the resume resolved it; nothing reopened it
 
 

@@ -49,6 +49,7 @@ from router.store.base import (
     ConnectionHealth,
     CoverageRow,
     EventQuery,
+    Pause,
     Store,
     pause_subject,
 )
@@ -74,7 +75,7 @@ class Context:
     store: Store
     config: CompiledConfig
     now: float
-    pauses: set[tuple[str, str, str]]
+    pauses: dict[tuple[str, str, str], Pause]
 
 
 def _epoch(iso: str | None) -> float | None:
@@ -123,10 +124,15 @@ class PlatformDown:
         health = {(h.destination, h.account, h.environment): h
                   for h in await ctx.store.connection_health()}
         out = []
+        queue = None
         for key in connections(ctx.config):
             subject = connection_subject(*key)
-            if key in ctx.pauses:
-                out.append(Finding(subject, UNKNOWN))  # the pause opened it; a resume resolves
+            pause = ctx.pauses.get(key)
+            if pause is not None:  # the pause opened it, a resume resolves it; add examples
+                if queue is None:
+                    queue = {(r.destination, r.account, r.environment): r
+                             for r in await ctx.store.delivery_queue(ctx.now)}
+                out.append(await self._paused(ctx, key, pause, queue.get(key)))
                 continue
             h = health.get(key)
             detail = self._detail(key, h, settings.window_seconds, settings.min_failures, ctx.now)
@@ -142,6 +148,22 @@ class PlatformDown:
             else:
                 out.append(Finding(subject, UNKNOWN))  # stale failures: nothing new to judge
         return out
+
+    @staticmethod
+    async def _paused(ctx: Context, key: tuple[str, str, str], pause: Pause,
+                      row: Any) -> Finding:
+        destination, account, environment = key
+        waiting = row.parked + row.due if row is not None else 0
+        return Finding(connection_subject(*key), FIRING, {
+            "summary": f"{destination} refused the credentials of {account}/{environment}: "
+                       f"delivery is paused since {pause.since}, {waiting} waiting",
+            "destination": destination, "account": account, "environment": environment,
+            "reason": pause.reason, "last_error": pause.reason, "paused": True,
+            "since": pause.since, "numbers": {"waiting_deliveries": waiting},
+            "examples": await _examples(ctx.store, destination=destination, account=account,
+                                        environment=environment, delivery_status=("queued",)),
+            "action": "fix the credentials, then `router resume` or reload"},
+            (pause.reason,))
 
     @staticmethod
     def _detail(key: tuple[str, str, str], h: ConnectionHealth | None, window: float,
@@ -603,7 +625,7 @@ class Detectors:
     async def run_once(self, config: CompiledConfig, now: float | None = None
                        ) -> list[Transition]:
         now = time.time() if now is None else now
-        pauses = {(p.destination, p.account, p.environment) for p in await self.store.pauses()}
+        pauses = {(p.destination, p.account, p.environment): p for p in await self.store.pauses()}
         ctx = Context(self.store, config, now, pauses)
         out: list[Transition] = []
         for detector in self.detectors:

@@ -90,10 +90,10 @@ class Observer:
         drops: Tally[tuple[str, str]] = Tally()
         live = self.feed.active
         at = _iso(time.time()) if live else ""
+        scope = {"account": row.account, "environment": row.environment, "source": row.source}
+        debug = delivery_log.isEnabledFor(logging.DEBUG)
         for result in results:
             metrics.processed.labels(row.source, result.status, result.code or "").inc()
-            scope = {"account": row.account, "environment": row.environment,
-                     "source": row.source}
             if result.status == "rejected":
                 metrics.rejected.labels(row.source, "processor", result.code or "").inc()
                 events_log.warning("event rejected: %s", result.reason, extra=fields(
@@ -111,10 +111,11 @@ class Observer:
                     if route.get("status") == "dropped":
                         cause = route.get("cause") or "not_listed"
                         drops[(name, cause)] += 1
-                        delivery_log.debug("not sent: %s", route.get("reason"), extra=fields(
-                            event="delivery.not_sent", destination=name, **scope,
-                            event_id=result.event_id, event_name=result.event_name,
-                            cause=cause, reason=route.get("reason")))
+                        if debug:
+                            delivery_log.debug("not sent: %s", route.get("reason"), extra=fields(
+                                event="delivery.not_sent", destination=name, **scope,
+                                event_id=result.event_id, event_name=result.event_name,
+                                cause=cause, reason=route.get("reason")))
                 for name in self._enabled_for(row.account, row.environment):
                     if name not in routes:
                         drops[(name, "not_listed")] += 1
@@ -196,9 +197,16 @@ class Observer:
                 "event_id": row.event_id, "event_name": row.event_name, "seq": o.event_seq}
 
     def _log(self, o: Outcome, status: str) -> None:
-        scope = self._scope(o)
+        if status == "failed":
+            level = logging.WARNING
+        elif status == "dropped":
+            level = logging.DEBUG if o.cause in INTENTIONAL_CAUSES else logging.WARNING
+        else:
+            level = logging.DEBUG
+        if not delivery_log.isEnabledFor(level):
+            return  # the common case (a delivery at INFO): no fields built
         error = _clean(o.error)
-        common = {"destination": o.destination, **scope, "status": status,
+        common = {"destination": o.destination, **self._scope(o), "status": status,
                   "attempt": o.attempt or None}
         if status == "failed":
             delivery_log.warning(
@@ -206,14 +214,13 @@ class Observer:
                 extra=fields(event="delivery.retry", **common, error=error,
                              next_retry_at=o.next_retry_at))
         elif status == "dropped":
-            level = logging.DEBUG if o.cause in INTENTIONAL_CAUSES else logging.WARNING
             delivery_log.log(level, "delivery dropped (%s): %s", o.cause, error,
                              extra=fields(event="delivery.dropped", **common, cause=o.cause,
                                           error=error))
         elif status == "delivered":
             delivery_log.debug("delivered", extra=fields(
                 event="delivery.delivered", **common, latency_ms=o.latency_ms))
-        elif delivery_log.isEnabledFor(logging.DEBUG):
+        else:
             delivery_log.debug("delivery %s: %s", status, error, extra=fields(
                 event=f"delivery.{status}", **common, error=error))
 

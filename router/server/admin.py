@@ -345,6 +345,13 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 async def resume(request: web.Request) -> web.Response:
     runtime: Runtime = request.app["runtime"]
     body = await _json_body(request)
+    try:
+        check_filters(body, ("destination", "account"))
+    except QueryError as exc:
+        raise _bad(exc) from None
+    for key in ("destination", "account"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            raise HttpError(400, "invalid_parameter", f"{key} must be a string")
     lifted = await runtime.resume(body.get("destination"), body.get("account"), "admin API")
     return json_response({"resumed": lifted})
 

@@ -60,6 +60,21 @@ def test_search_by_order_id_and_by_email(service: Service) -> None:
     assert [e["event_id"] for e in both["events"]] == [f"s-{tag}"]
 
 
+def test_search_by_person_finds_everything_the_identity_graph_links(service: Service) -> None:
+    tag = uuid.uuid4().hex[:10]
+    acme(service, {"event": "Signed Up", "messageId": f"p1-{tag}", "anonymousId": f"a-{tag}"})
+    person = service.event(f"p1-{tag}")["identity"]["person"]
+    # later, the same browser identifies with an email: one person, two identifiers
+    acme(service, {"event": "Signed Up", "messageId": f"p2-{tag}", "anonymousId": f"a-{tag}",
+                   "context": {**CONSENT, "traits": {"email": f"p.{tag}@example.com"}}})
+    service.event(f"p2-{tag}")
+    acme(service, {"event": "Signed Up", "messageId": f"p3-{tag}",
+                   "context": {**CONSENT, "traits": {"email": f"p.{tag}@example.com"}}})
+    service.event(f"p3-{tag}")
+    found = search(service, person=person, account="acme")["events"]
+    assert sorted(e["event_id"] for e in found) == [f"p1-{tag}", f"p2-{tag}", f"p3-{tag}"]
+
+
 def test_a_duplicate_id_finds_the_event_it_merged_into(service: Service) -> None:
     tag = uuid.uuid4().hex[:10]
     acme(service, purchase(f"first-{tag}", f"dup-{tag}"))
