@@ -54,6 +54,15 @@ class Observer:
         self.feed = feed
         self.get_config = get_config
         self._enabled: dict[tuple[int, str, str], tuple[str, ...]] = {}
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """A labelled metric, kept: `labels()` costs a lock and a lookup per call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # --- stage 1 -------------------------------------------------------------------------
 
@@ -93,9 +102,9 @@ class Observer:
         scope = {"account": row.account, "environment": row.environment, "source": row.source}
         debug = delivery_log.isEnabledFor(logging.DEBUG)
         for result in results:
-            metrics.processed.labels(row.source, result.status, result.code or "").inc()
+            self._child(metrics.processed, row.source, result.status, result.code or "").inc()
             if result.status == "rejected":
-                metrics.rejected.labels(row.source, "processor", result.code or "").inc()
+                self._child(metrics.rejected, row.source, "processor", result.code or "").inc()
                 events_log.warning("event rejected: %s", result.reason, extra=fields(
                     event="event.rejected", stage="processor", **scope,
                     event_id=result.event_id, event_name=result.event_name, code=result.code,
@@ -141,7 +150,7 @@ class Observer:
                             "cause": route.get("cause"), "error": route.get("reason"),
                             **({"seq": result.seq} if result.seq else {})})
         for (name, cause), count in drops.items():
-            metrics.dropped.labels(name, cause).inc(count)
+            self._child(metrics.dropped, name, cause).inc(count)
 
     def _enabled_for(self, account: str, environment: str) -> tuple[str, ...]:
         config = self.get_config()
@@ -170,23 +179,23 @@ class Observer:
             if o.attempted and o.request_ref is not None:
                 requests.setdefault((o.destination, o.request_ref), []).append(o)
             if o.status == "delivered":
-                metrics.delivered.labels(o.destination).inc()
+                self._child(metrics.delivered, o.destination).inc()
                 if o.latency_ms is not None:
-                    metrics.latency.labels(o.destination).observe(o.latency_ms / 1000)
+                    self._child(metrics.latency, o.destination).observe(o.latency_ms / 1000)
             elif o.attempted and o.cause != "event_error":
-                metrics.failures.labels(o.destination).inc()
+                self._child(metrics.failures, o.destination).inc()
             if o.status == "failed" and o.due_at is not None:
-                metrics.retries.labels(o.destination).inc()
+                self._child(metrics.retries, o.destination).inc()
             if o.status == "dropped":
-                metrics.dropped.labels(o.destination, o.cause or "permanent").inc()
+                self._child(metrics.dropped, o.destination, o.cause or "permanent").inc()
             self._log(o, status)
             if live:
                 self.feed.publish(self._item(o, status, at))
         for (destination, _), group in requests.items():
-            metrics.batch.labels(destination).observe(len(group))
+            self._child(metrics.batch, destination).observe(len(group))
             ms = group[0].attempt_ms
             if ms is not None:
-                metrics.request_seconds.labels(destination).observe(ms / 1000)
+                self._child(metrics.request_seconds, destination).observe(ms / 1000)
 
     @staticmethod
     def _scope(o: Outcome) -> dict[str, Any]:
