@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from router.config.model import CompiledConfig
+from router.expr.functions import iso_time
 from router.ops.detectors import Detectors
 from router.ops.metrics import Metrics
 from router.ops.notify import Notifier
@@ -88,14 +89,18 @@ class Alerting:
             self.metrics.detector_runs.labels(
                 "error" if self.detectors.failures else "ok").inc()
         for t in transitions:
-            log.info("alert %s: %s %s", t.action, t.kind, t.subject,
-                     extra={"fields": {"event": f"alert.{t.action}", "kind": t.kind,
-                                       "subject": t.subject}})
+            # openings and resolutions reach the log through the `log` channel; an update
+            # (the platform's error changed...) is only history, so it is logged here
+            log.log(logging.INFO if t.action == "updated" else logging.DEBUG, "alert %s: %s %s",
+                    t.action, t.kind, t.subject,
+                    extra={"fields": {"event": f"alert.{t.action}", "kind": t.kind,
+                                      "subject": t.subject}})
         if transitions:
             self.notifier.wake()
         log.debug("detectors ran in %.1f ms", (time.perf_counter() - started) * 1000)
         return transitions
 
     def status(self) -> dict[str, Any]:
-        return {"leader": self.leader, "last_run": self.detectors.last_run,
+        last = self.detectors.last_run
+        return {"leader": self.leader, "last_run": iso_time(last) if last else None,
                 "failing_detectors": dict(self.detectors.failures)}
