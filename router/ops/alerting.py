@@ -82,10 +82,13 @@ class Alerting:
         if self.leader != was:
             log.info("alerting %s in this process", "runs" if self.leader else "runs elsewhere")
         if not self.leader:
+            if self.metrics is not None:
+                self.metrics.judged.values = {}  # the leader reports them
             return []
         started = time.perf_counter()
         transitions = await self.detectors.run_once(config, now)
         if self.metrics is not None:
+            self.metrics.judged.values = self.detectors.values
             self.metrics.detector_runs.labels(
                 "error" if self.detectors.failures else "ok").inc()
         for t in transitions:

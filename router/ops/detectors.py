@@ -76,6 +76,11 @@ class Context:
     config: CompiledConfig
     now: float
     pauses: dict[tuple[str, str, str], Pause]
+    # the numbers the detectors judged, exported as gauges (router.ops.metrics)
+    values: dict[str, dict[tuple[str, ...], float]] = field(default_factory=dict)
+
+    def value(self, name: str, labels: tuple[str, ...], value: float) -> None:
+        self.values.setdefault(name, {})[labels] = value
 
 
 def _epoch(iso: str | None) -> float | None:
@@ -322,6 +327,11 @@ class TrackingStopped:
             before = [total(h, scope) for h in history]
             baseline = sum(before) / len(before) if before else 0.0
             account, environment, source = scope
+            if source:
+                ctx.value("tracking_events", (account, environment, source, "current"),
+                          now_count)
+                ctx.value("tracking_events", (account, environment, source, "baseline"),
+                          baseline)
             what = f"{source} for {account}/{environment}" if source else \
                 f"{account}/{environment} (all sources)"
             detail: dict[str, Any] = {
@@ -441,6 +451,11 @@ class DeliveryRateDrop:
                                           s.sources):
             subject = connection_subject(row.destination, row.account, row.environment)
             value = row.accuracy
+            if value is not None:
+                ctx.value("channel_accuracy", (row.destination, row.account, row.environment),
+                          value)
+                ctx.value("channel_orders", (row.destination, row.account, row.environment),
+                          row.orders)
             detail: dict[str, Any] = {
                 "destination": row.destination, "account": row.account,
                 "environment": row.environment, "window": _window(since, until),
@@ -531,6 +546,9 @@ class MatchQualityDrop:
             return Finding(subject, UNKNOWN)
         share = row.present.get(name, 0) / row.events
         base = before.present.get(name, 0) / before.events
+        labels = (row.destination, row.account, row.environment, row.event_name, name)
+        ctx.value("identifier_share", (*labels, "current"), share)
+        ctx.value("identifier_share", (*labels, "baseline"), base)
         detail: dict[str, Any] = {
             "destination": row.destination, "account": row.account,
             "environment": row.environment, "event_name": row.event_name, "identifier": name,
@@ -621,6 +639,7 @@ class Detectors:
         self.signatures: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.failures: dict[str, str] = {}  # detector -> last error (for /admin/alerts/status)
         self.last_run: float | None = None
+        self.values: dict[str, dict[tuple[str, ...], float]] = {}
 
     async def run_once(self, config: CompiledConfig, now: float | None = None
                        ) -> list[Transition]:
@@ -641,4 +660,5 @@ class Detectors:
                 log.exception("detector %s failed", detector.kind)
                 self.failures[detector.kind] = f"{type(exc).__name__}: {exc}"
         self.last_run = now
+        self.values = ctx.values
         return out

@@ -85,6 +85,8 @@ class Metrics:
                                      registry=r)
         self.store = StoreGauges()
         r.register(self.store)
+        self.judged = JudgedGauges()
+        r.register(self.judged)
 
     def count_results(self, source: str, results: Any) -> None:
         """The gateway's answers to one request (before any wait for stage 2)."""
@@ -173,3 +175,38 @@ class StoreGauges:
         yield GaugeMetricFamily("router_inbox_oldest_seconds",
                                 "Age of the oldest acknowledged row waiting for the processor",
                                 value=round(max(0.0, self.now - arrived), 3) if arrived else 0.0)
+
+
+class JudgedGauges:
+    """The numbers the detectors judged on their last pass (reported by the process that
+    runs them): channel accuracy, identifier shares and source traffic, so Prometheus can
+    alert on the same figures."""
+
+    FAMILIES = {
+        "channel_accuracy": ("router_channel_accuracy",
+                             "Delivered + intentionally not sent / orders, per connection, "
+                             "over the delivery_rate_drop window",
+                             ["destination", "account", "environment"]),
+        "channel_orders": ("router_channel_orders",
+                           "Orders in the delivery_rate_drop window, per connection",
+                           ["destination", "account", "environment"]),
+        "identifier_share": ("router_identifier_share",
+                             "Share of a destination's events carrying an identifier: in the "
+                             "match_quality_drop window (current) and the one before (baseline)",
+                             ["destination", "account", "environment", "event_name",
+                              "identifier", "window"]),
+        "tracking_events": ("router_tracking_events",
+                            "Events per source in the tracking_stopped window (current) and "
+                            "its average at the same time in earlier periods (baseline)",
+                            ["account", "environment", "source", "window"]),
+    }
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[tuple[str, ...], float]] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for key, (name, documentation, labels) in self.FAMILIES.items():
+            family = GaugeMetricFamily(name, documentation, labels=labels)
+            for label_values, value in sorted(self.values.get(key, {}).items()):
+                family.add_metric(list(label_values), value)
+            yield family

@@ -386,3 +386,10 @@ def test_every_failure_retry_and_drop_is_one_structured_log_line(ops: Ops) -> No
     assert 'router_events_received_total{source="segment"}' in metrics
     assert 'router_delivery_queue_depth{destination="adsink",state="due"}' in metrics
     assert 'router_alerts_open{kind="platform_down"}' in metrics
+    # the figures the detectors judged, for Prometheus to alert on the same numbers
+    assert 'router_channel_accuracy{account="ops-dr",destination="adsink",' \
+        'environment="production"} 1.0' in metrics
+    assert 'router_identifier_share{account="ops-mq",destination="webhook",' \
+        'environment="production",event_name="purchase",identifier="fbc",window=' in metrics
+    assert 'router_tracking_events{account="ops-ts",environment="production",' \
+        'source="segment",window="baseline"}' in metrics
