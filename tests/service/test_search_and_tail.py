@@ -117,6 +117,14 @@ def test_bad_searches_are_400s_with_a_code(service: Service) -> None:
         assert response.status_code == 400, (path, response.text)
         assert response.json()["error"]["code"] in ("unknown_filter", "invalid_parameter")
     assert service.admin("/admin/reports/volcano").status_code == 404
+    assert service.admin("/admin/alerts/abc").json()["error"]["code"] == "invalid_parameter"
+    assert service.admin("/admin/alerts/999999").status_code == 404
+    refused = requests.post(service.url + "/admin/resume", json={"destinaton": "meta"},
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert refused.status_code == 400 and "did you mean 'destination'?" in refused.text
+    replay = requests.post(service.url + "/admin/replay", json={"status": ["lost"]},
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert replay.status_code == 400 and replay.json()["error"]["code"] == "invalid_parameter"
 
 
 # --- router tail --------------------------------------------------------------------------
