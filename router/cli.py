@@ -114,7 +114,11 @@ def explain(config_dir: str, source: str, account: str | None, environment: str 
 @click.option("--host", default=None, help="Bind address (default: server.host).")
 @click.option("--port", type=int, default=None, help="Port (default: server.port).")
 @click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+              help="Our own loggers' level; other libraries log WARNING and above only.")
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]),
+              help="text: key=value fields after the message; json: one object per line.")
 @click.option("--role", "roles", default="gateway,processor,delivery", show_default=True,
               help="Which stages this process runs: gateway (acknowledge ingest), processor "
                    "(map, dedup, route after the acknowledgement), delivery. Several processes "
@@ -130,8 +134,8 @@ def explain(config_dir: str, source: str, account: str | None, environment: str 
               help="SO_REUSEPORT: run several `router serve --no-workers` on one port, one per "
                    "core, beside one `router worker`.")
 def serve(config_dir: str, store_url: str | None, host: str | None, port: int | None,
-          log_level: str, roles: str, workers: bool, sandbox: bool, sandbox_port: int,
-          watch: bool, reuse_port: bool) -> None:
+          log_level: str, log_format: str, roles: str, workers: bool, sandbox: bool,
+          sandbox_port: int, watch: bool, reuse_port: bool) -> None:
     """Run the router service (ingest endpoints, pixel, admin API, processing, delivery)."""
     from router.server.runtime import parse_roles
     from router.server.serve import run
@@ -148,7 +152,7 @@ def serve(config_dir: str, store_url: str | None, host: str | None, port: int | 
     try:
         run(config, store_url=store_url, host=host, port=port, log_level=log_level,
             roles=chosen, sandbox_port=sandbox_port if sandbox else None, watch=watch,
-            reuse_port=reuse_port)
+            reuse_port=reuse_port, log_format=log_format)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -247,10 +251,13 @@ STORE = click.option("--store", "store_url", default=None,
 @STORE
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+@click.option("--log-format", default="text", show_default=True,
+              type=click.Choice(["text", "json"]))
 @click.option("--role", "roles", default="delivery", show_default=True,
               help="processor and/or delivery: the stages after the acknowledgement, without "
                    "an HTTP server (beside `router serve --role gateway` or --no-workers).")
-def worker(config_dir: str, store_url: str | None, log_level: str, roles: str) -> None:
+def worker(config_dir: str, store_url: str | None, log_level: str, log_format: str,
+           roles: str) -> None:
     """Run stages without HTTP: delivery (default) and/or the processor."""
     from router.server.runtime import parse_roles
     from router.server.serve import run_workers
@@ -264,7 +271,8 @@ def worker(config_dir: str, store_url: str | None, log_level: str, roles: str) -
                                  "gateway`", param_hint="--role")
     config = _load_or_exit(config_dir)
     _check_store_url(config, store_url)
-    run_workers(config, store_url=store_url, log_level=log_level, roles=chosen)
+    run_workers(config, store_url=store_url, log_level=log_level, roles=chosen,
+                log_format=log_format)
 
 
 @main.command()
@@ -355,6 +363,60 @@ def replay(config_dir: str, store_url: str | None, since: str, destination: str 
         since=_since(since), destination=destination, statuses=wanted, event_id=event_id,
         account=account))
     click.echo(f"re-queued {count} deliveries")
+
+
+@main.command()
+@CONFIG_DIR
+@click.option("--url", default=None, envvar="ROUTER_URL",
+              help="The running router (default: http://server.host:server.port of the config; "
+                   "env ROUTER_URL).")
+@click.option("--token", default=None, envvar="ROUTER_ADMIN_TOKEN",
+              help="Admin bearer token (default: env ROUTER_ADMIN_TOKEN, else admin.token).")
+@click.option("--event", default=None, help="Canonical event name (purchase, lead, ...).")
+@click.option("--destination", default=None, help="Deliveries to it, and events queued for it.")
+@click.option("--status", default=None, type=click.Choice(
+    ["accepted", "duplicate", "unmapped", "rejected", "delivered", "failed", "dropped",
+     "paused", "queued"]), help="Only items with this status.")
+@click.option("--account", default=None)
+@click.option("--environment", default=None)
+@click.option("--source", default=None)
+@click.option("--type", "kind", default=None, type=click.Choice(["event", "delivery"]),
+              help="Only events (as decided) or only delivery outcomes.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--color/--no-color", "colour", default=None,
+              help="Colour the status (default: when writing to a terminal).")
+@click.option("--count", type=click.IntRange(min=1), default=None,
+              help="Stop after this many items.")
+def tail(config_dir: str, url: str | None, token: str | None, event: str | None,
+         destination: str | None, status: str | None, account: str | None,
+         environment: str | None, source: str | None, kind: str | None, as_json: bool,
+         colour: bool | None, count: int | None) -> None:
+    """Follow what the router decides and delivers, live (one line each)."""
+    import asyncio
+
+    from router.ops.tail import TailError
+    from router.ops.tail import tail as follow
+
+    if url is None or token is None:
+        config = _load_or_exit(config_dir)
+        settings = config.settings
+        url = url or f"http://{settings.host}:{settings.port}"
+        token = token or settings.admin_token
+    if not token:
+        raise click.UsageError("no admin token: set ROUTER_ADMIN_TOKEN or pass --token")
+    if not url.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--url")
+    filters = {"event": event, "destination": destination, "status": status,
+               "account": account, "environment": environment, "source": source, "type": kind}
+    try:
+        asyncio.run(follow(url, token, filters, as_json=as_json,
+                           colour=sys.stdout.isatty() if colour is None else colour,
+                           count=count))
+    except TailError as exc:
+        click.echo(f"router tail: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

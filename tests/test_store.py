@@ -4,6 +4,7 @@ deliveries, and claims of due deliveries; plus migrations and shared-reader read
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import time
 from pathlib import Path
@@ -11,11 +12,12 @@ from typing import Any
 
 from router.config.model import CompiledConfig
 from router.gateway.appender import Appender
-from router.pipeline.commit import commit
-from router.store.base import Changes, InboxAppend, Outcome, RequestExcerpt
+from router.pipeline.commit import Item, commit
+from router.pipeline.prepare import prepare
+from router.store.base import Changes, EventQuery, InboxAppend, Outcome, RequestExcerpt
 from router.store.sqlite import SQLiteStore
 from router.store.sqlite_schema import V1, migrate, statements
-from tests.items import item
+from tests.items import RECEIVED, item
 
 OWNER = "test-owner"
 
@@ -343,3 +345,217 @@ def test_a_replay_never_sends_what_consent_refused(shipped_config: CompiledConfi
     refused, requeued = with_store(tmp_path / "consent.db", body)
     assert "meta" in refused  # an advertising destination was refused by consent
     assert requeued == 0  # and no replay brings it back
+
+
+# --- search, connection health, the numbers behind the detectors, alert history ----------
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _denied(config: CompiledConfig, message_id: str) -> Item:
+    """A purchase whose sender refused advertising: ad destinations drop it (consent)."""
+    message = {"type": "track", "messageId": message_id, "anonymousId": f"a-{message_id}",
+               "event": "Order Completed", "context": {
+                   "fbp": f"fb.1.1700000000000.{message_id}",
+                   "consent": {"categoryPreferences": {"Advertising": False}}},
+               "properties": {"order_id": f"o-{message_id}", "total": 5, "currency": "USD"}}
+    prepared = prepare(config, config.mappings["segment"], config.accounts["demo"],
+                       "production", message, RECEIVED, routed=False)
+    assert prepared.event is not None
+    return Item(prepared.event, prepared.idempotency_key, raw=message)
+
+
+def test_search_by_order_id_email_duplicate_id_and_keyset_pages(
+        shipped_config: CompiledConfig, tmp_path: Path) -> None:
+    config = shipped_config
+
+    async def body(store: SQLiteStore) -> dict[str, Any]:
+        [first] = await commit(store, config, [item(config, "s1", "o-1", email="Ann@Example.com")])
+        await commit(store, config, [item(config, "s2", "o-2")])
+        [dup] = await commit(store, config, [item(config, "s3", "o-1")])  # same order: merged
+        signups = await commit(store, config, [item(config, f"p{i}") for i in range(5)])
+        await commit(store, config, [item(config, "nofbp", fbp=False)])
+        email = f"email_sha256:{_sha('ann@example.com')}"
+
+        async def ids(**query: Any) -> list[str]:
+            return [e.row.event_id for e in await store.search_events(EventQuery(**query))]
+
+        page1 = await store.search_events(EventQuery(name="sign_up", limit=3))
+        page2 = await store.search_events(EventQuery(name="sign_up", limit=3,
+                                                     before_seq=page1[-1].seq))
+        first_event = (await store.events_by_seq([first.seq]))[first.seq]
+        person = first_event.row.evidence["identity"]["person"]
+        return {
+            "dup_seq": dup.seq, "first_seq": first.seq,
+            "by_order": await ids(any_terms=(("order_id:o-1",),)),
+            "by_email": await ids(any_terms=((email,),)),
+            "by_both": await ids(any_terms=(("order_id:o-1",), (email,))),
+            "by_either": await ids(any_terms=(("order_id:o-2", email),)),
+            "neither": await ids(any_terms=(("order_id:o-2",), (email,))),
+            "by_dup_id": await ids(event_id="s3"),
+            "by_own_id": await ids(event_id="s2"),
+            "other_account": await ids(event_id="s2", account="acme"),
+            "pages": ([e.row.event_id for e in page1], [e.row.event_id for e in page2]),
+            "signups": [r.event_id for r in signups],
+            "lacking_fbp": await ids(lacking=(("fbp",),)),
+            "queued_webhook": await ids(destination="webhook", delivery_status=("queued",),
+                                        any_terms=(("order_id:o-2",),)),
+            "delivered_webhook": await ids(destination="webhook",
+                                           delivery_status=("delivered",)),
+            "person": await store.person_identifiers("demo", person),
+            "email": email,
+        }
+
+    out = with_store(tmp_path / "search.db", body)
+    assert out["dup_seq"] == out["first_seq"]
+    assert out["by_order"] == ["s1"] and out["by_email"] == ["s1"]
+    assert out["by_both"] == ["s1"]  # every group must match ...
+    assert sorted(out["by_either"]) == ["s1", "s2"]  # ... any term within a group
+    assert out["neither"] == []
+    assert out["by_dup_id"] == ["s1"]  # a duplicate's id finds the event it merged into
+    assert out["by_own_id"] == ["s2"] and out["other_account"] == []
+    newest_first = ["nofbp", *reversed(out["signups"])]
+    assert out["pages"] == (newest_first[:3], newest_first[3:6])
+    assert out["lacking_fbp"] == ["nofbp"]
+    assert out["queued_webhook"] == ["s2"] and out["delivered_webhook"] == []
+    assert "anonymous_id:a-s1" in out["person"] and out["email"] in out["person"]
+
+
+def test_connection_health_counts_failures_since_the_last_success(
+        shipped_config: CompiledConfig, tmp_path: Path) -> None:
+    async def body(store: SQLiteStore) -> list[tuple[Any, ...]]:
+        seqs = [(await _stored_purchase(store, shipped_config, 10 + n))[0].seq for n in range(5)]
+        now = time.time()
+        states = []
+
+        async def health() -> tuple[Any, ...]:
+            [h] = [h for h in await store.connection_health() if h.destination == "webhook"]
+            return (h.failures, h.last_error, h.last_success_at is not None,
+                    h.streak_started_at is not None, h.last_status)
+
+        await store.record([Outcome(seqs[0], "webhook", "failed", True, "HTTP 503", due_at=now),
+                            Outcome(seqs[1], "webhook", "failed", True, "HTTP 502", due_at=now)],
+                           [], OWNER, now)
+        states.append(await health())
+        await store.record([Outcome(seqs[2], "webhook", "failed", True, "timeout", due_at=now)],
+                           [], OWNER, now)
+        states.append(await health())
+        # a success in the same flush: only the failures after it count
+        await store.record([Outcome(seqs[0], "webhook", "delivered", True),
+                            Outcome(seqs[3], "webhook", "failed", True, "HTTP 500", due_at=now)],
+                           [], OWNER, now)
+        states.append(await health())
+        # a platform that accepts the request but refuses one event in it is up
+        await store.record([Outcome(seqs[4], "webhook", "dropped", True, "bad value",
+                                    cause="event_error")], [], OWNER, now)
+        states.append(await health())
+        await store.record([Outcome(seqs[1], "webhook", "queued", True, "paused: HTTP 401")],
+                           [], OWNER, now)
+        await store.pause("webhook", "demo", "production", "HTTP 401")
+        states.append(await health())
+        await store.resume("webhook")  # fixed credentials: the count starts over
+        states.append(await health())
+        return states
+
+    states = with_store(tmp_path / "health.db", body)
+    assert states[0] == (2, "HTTP 502", False, True, "failed")
+    assert states[1] == (3, "timeout", False, True, "failed")
+    assert states[2] == (1, "HTTP 500", True, True, "failed")
+    assert states[3][:1] == (0,) and states[3][3] is False and states[3][4] == "dropped"
+    assert states[4][0] == 1 and states[4][4] == "paused"
+    assert states[5][0] == 0 and states[5][3] is False
+
+
+def test_delivery_queue_counts_due_scheduled_parked_and_in_flight(
+        shipped_config: CompiledConfig, tmp_path: Path) -> None:
+    async def body(store: SQLiteStore) -> tuple[Any, Any]:
+        seqs = [(await _stored_purchase(store, shipped_config, 20 + n))[0].seq for n in range(4)]
+        now = time.time()
+        before = {r.destination: r for r in await store.delivery_queue(now)}
+        await store.claim_due({"webhook": 1}, now, OWNER, 30)  # one in flight
+        await store.record([Outcome(seqs[1], "webhook", "failed", True, "HTTP 500",
+                                    due_at=now + 600)], [], OWNER, now)  # a retry later
+        await store.pause("webhook", "demo", "production", "HTTP 401")
+        await store.record([Outcome(seqs[2], "webhook", "queued", False, "paused")], [],
+                           OWNER, now)  # parked until a resume
+        after = {r.destination: r for r in await store.delivery_queue(now)}
+        return before["webhook"], after["webhook"]
+
+    before, after = with_store(tmp_path / "queue.db", body)
+    assert (before.due, before.scheduled, before.parked, before.in_flight) == (4, 0, 0, 0)
+    assert before.oldest_due_at is not None and before.oldest_due_at <= time.time()
+    assert (after.due, after.scheduled, after.parked, after.in_flight) == (1, 1, 1, 1)
+
+
+def test_counts_orders_and_identifier_coverage_over_a_window(
+        shipped_config: CompiledConfig, tmp_path: Path) -> None:
+    config = shipped_config
+    early, inside = "2026-11-20T10:00:00.000Z", "2026-11-20T12:00:00.000Z"
+
+    async def body(store: SQLiteStore) -> dict[str, Any]:
+        rows = await commit(store, config, [
+            item(config, "w1", "o-w1", email="a@example.com", received_at=inside),
+            item(config, "w2", "o-w2", received_at=inside),
+            item(config, "w3", "o-w3", email="c@example.com", received_at=inside, fbp=False),
+            item(config, "w4", received_at=inside),  # a sign-up, not an order
+            item(config, "old", "o-old", received_at=early)])
+        await commit(store, config, [_denied(config, "w5")])  # received at RECEIVED (inside)
+        seq = {r.event_id: r.seq for r in rows}
+        now = time.time()
+        await store.record([Outcome(seq["w1"], "webhook", "delivered", True),
+                            Outcome(seq["w2"], "webhook", "dropped", True, "HTTP 400",
+                                    cause="permanent")], [], OWNER, now)
+        window = ("2026-11-20T11:00:00.000Z", "2026-11-20T13:00:00.000Z")
+        identifiers = {"email": (("email_sha256",),), "fbp": (("fbp",),),
+                       "ip_ua": (("context.ip", "context.user_agent"),)}
+        coverage = await store.identifier_coverage(*window, identifiers, ["purchase"])
+        return {"counts": await store.event_counts(*window),
+                "orders": await store.order_outcomes(*window, ["purchase"]),
+                "from_elsewhere": await store.order_outcomes(*window, ["purchase"], ["shopify"]),
+                "coverage": {(r.destination, r.event_name): r for r in coverage},
+                "views": {d.destination: d for d in await store.deliveries_for([seq["w2"]])}}
+
+    out = with_store(tmp_path / "reports.db", body)
+    assert out["counts"] == {("demo", "production", "segment"): 5}
+    orders = out["orders"]
+    assert orders.orders == {("demo", "production"): 4}
+    webhook = {(d.status, d.cause): d.count for d in orders.deliveries
+               if d.destination == "webhook"}
+    assert webhook == {("delivered", None): 1, ("dropped", "permanent"): 1, ("queued", None): 2}
+    meta = {(d.status, d.cause): d.count for d in orders.deliveries if d.destination == "meta"}
+    assert meta[("dropped", "consent")] == 1  # routing's reason is kept as the cause
+    assert out["from_elsewhere"].orders == {}  # no order reported by that source
+    webhook_cov = out["coverage"][("webhook", "purchase")]
+    assert webhook_cov.events == 4
+    assert webhook_cov.present == {"email": 2, "fbp": 3, "ip_ua": 0}
+    # an ad destination's events it was not meant to get (consent) are not its events
+    assert out["coverage"][("meta", "purchase")].events == 3
+    assert out["views"]["webhook"].cause == "permanent"
+
+
+def test_alert_history_and_pending_notifications(tmp_path: Path) -> None:
+    async def body(store: SQLiteStore) -> dict[str, Any]:
+        assert await store.open_alert("queue_backlog", "meta/demo/production", {"due": 5})
+        [alert] = await store.alerts(open_only=True, subject="meta/demo/production")
+        pending_open = await store.alert_log(pending=True)
+        await store.update_alert("queue_backlog", "meta/demo/production", {"due": 6})
+        await store.update_alert("queue_backlog", "meta/demo/production", {"due": 9}, log=True)
+        refreshed = await store.alert(alert.id)
+        await store.mark_notified(pending_open[0].id, {"slack": "sent"})
+        assert await store.resolve_alert("queue_backlog", "meta/demo/production", {"due": 0})
+        assert not await store.update_alert("queue_backlog", "meta/demo/production", {"due": 1})
+        return {"pending_open": [(e.action, e.detail) for e in pending_open],
+                "refreshed": refreshed, "history": await store.alert_log(alert_id=alert.id),
+                "pending": [(e.action, e.detail) for e in await store.alert_log(pending=True)],
+                "resolved": await store.alert(alert.id)}
+
+    out = with_store(tmp_path / "history.db", body)
+    assert out["pending_open"] == [("opened", {"due": 5})]
+    assert out["refreshed"].detail == {"due": 9} and out["refreshed"].updated_at
+    history = out["history"]
+    assert [(h.action, h.detail) for h in history] == [
+        ("opened", {"due": 5}), ("updated", {"due": 9}), ("resolved", {"due": 0})]
+    assert history[0].notified == {"slack": "sent"}
+    assert out["pending"] == [("resolved", {"due": 0})]  # updates are history, not news
+    assert out["resolved"].resolved_at and out["resolved"].detail == {"due": 0}

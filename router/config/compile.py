@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from router.config import schemas
+from router.config.alerts import compile_alerts
 from router.config.issues import ERROR, WARNING, ConfigError, Issue
 from router.config.model import (
     Account,
@@ -585,7 +586,6 @@ def _router_settings(data: dict[str, Any]) -> RouterSettings:
     server = data.get("server") or {}
     store = data.get("store") or {}
     delivery = data.get("delivery") or {}
-    alerts = data.get("alerts") or {}
     pipeline = data.get("pipeline") or {}
     base = RouterSettings()
     retry_base = os.environ.get("ROUTER_RETRY_BASE_SECONDS")
@@ -630,8 +630,6 @@ def _router_settings(data: dict[str, Any]) -> RouterSettings:
             deny=tuple((delivery.get("outbound") or {}).get("deny") or ())),
         retention_days=data.get("retention_days", base.retention_days),
         admin_token=(data.get("admin") or {}).get("token") or None,
-        alert_channels=freeze(alerts.get("channels") or []),
-        alert_interval_seconds=alerts.get("interval_seconds", base.alert_interval_seconds),
     )
 
 
@@ -795,12 +793,15 @@ def check_config(root: str) -> tuple[CompiledConfig | None, list[Issue]]:
                                                f"declared twice", code="duplicate-account"))
                 accounts[compiled_acc.name] = compiled_acc
 
+    alerts = compile_alerts(files.router, canonical, mapping_files, issues) \
+        if ok(files.router) else None
     issues = sorted(set(issues))
-    if any(i.severity == ERROR for i in issues) or files.router is None or consent is None:
+    if any(i.severity == ERROR for i in issues) or files.router is None or consent is None \
+            or alerts is None:
         return None, issues
     config = CompiledConfig(
         root=root, config_hash=_hash_dir(files),
-        settings=_router_settings(files.router.data), consent=consent,
+        settings=replace(_router_settings(files.router.data), alerts=alerts), consent=consent,
         canonical_version=_version(files.canonical.data),
         canonical=MappingProxyType(canonical),
         identity_link=tuple((files.canonical.data.get("identity") or {}).get("link") or ()),

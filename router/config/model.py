@@ -309,6 +309,97 @@ class OutboundSettings:
 
 
 @dataclass(frozen=True)
+class ChannelSpec:
+    """Where alert notifications go. A channel whose URL is empty is off: the shipped
+    config wires each one to an environment variable, so setting it turns it on."""
+
+    name: str
+    type: str  # slack | email | webhook | log
+    url: str = ""  # the Slack incoming webhook, the webhook, or smtp(s)://user:pass@host:port
+    secret: str = ""  # webhook: HMAC-SHA256 signing secret
+    to: tuple[str, ...] = ()  # email recipients
+    sender: str = ""  # email From
+    tls_ca_file: str | None = None  # email: CA bundle for a relay with a private certificate
+    timeout_seconds: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.type == "log" or bool(self.url)
+
+
+@dataclass(frozen=True)
+class PlatformDownSettings:
+    enabled: bool = True
+    window_seconds: float = 900.0  # the failures must be this recent
+    min_failures: int = 10  # consecutive failed attempts on one connection
+
+
+@dataclass(frozen=True)
+class QueueBacklogSettings:
+    enabled: bool = True
+    max_age_seconds: float = 900.0  # a due delivery waiting longer than this
+    growth_seconds: float = 1800.0  # pending depth rising for this long ...
+    min_depth: int = 1000  # ... to at least this many
+    inbox_max_age_seconds: float = 300.0  # acknowledged messages waiting for the processor
+
+
+@dataclass(frozen=True)
+class TrackingStoppedSettings:
+    enabled: bool = True
+    window_seconds: float = 3600.0  # the recent traffic ...
+    period_seconds: float = 604_800.0  # ... compared with the same window a week earlier ...
+    periods: int = 4  # ... averaged over this many weeks (that hour of the week)
+    min_baseline_events: int = 20  # quieter baselines are not judged
+    ratio: float = 0.1  # silent: at most this share of the baseline
+
+
+@dataclass(frozen=True)
+class DeliveryRateSettings:
+    enabled: bool = True
+    window_seconds: float = 86_400.0
+    settle_seconds: float = 900.0  # orders younger than this are not judged yet
+    threshold: float = 0.9  # channel accuracy below this opens the alert
+    min_orders: int = 20
+    events: tuple[str, ...] = ("purchase",)  # the order events ...
+    sources: tuple[str, ...] = ()  # ... the source(s) of truth reported (none: any source)
+
+
+IdentifierTokens = tuple[tuple[str, ...], ...]
+
+DEFAULT_IDENTIFIERS: Mapping[str, IdentifierTokens] = MappingProxyType({
+    "email": (("email_sha256",),), "phone": (("phone_sha256",),),
+    "external_id": (("external_id",), ("external_id_sha256",)),
+    "ip_user_agent": (("context.ip", "context.user_agent"),)})
+
+
+@dataclass(frozen=True)
+class MatchQualitySettings:
+    enabled: bool = True
+    window_seconds: float = 3600.0
+    baseline_seconds: float = 604_800.0  # the window before, the share is compared with
+    min_events: int = 20  # in the window and in the baseline
+    min_baseline_share: float = 0.2  # identifiers rarer than this are not judged
+    ratio: float = 0.5  # opens when the share falls below ratio x baseline
+    events: tuple[str, ...] = ("purchase",)  # event names judged (empty: every name)
+    identifiers: Mapping[str, IdentifierTokens] = field(  # name -> signal tokens
+        default_factory=lambda: DEFAULT_IDENTIFIERS)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    interval_seconds: float = 60.0
+    console_url: str = ""  # links in notifications: {console_url}/console/...
+    channels: tuple[ChannelSpec, ...] = ()
+    channel_retry_base_seconds: float = 5.0
+    channel_max_attempts: int = 6
+    platform_down: PlatformDownSettings = PlatformDownSettings()
+    queue_backlog: QueueBacklogSettings = QueueBacklogSettings()
+    tracking_stopped: TrackingStoppedSettings = TrackingStoppedSettings()
+    delivery_rate_drop: DeliveryRateSettings = DeliveryRateSettings()
+    match_quality_drop: MatchQualitySettings = MatchQualitySettings()
+
+
+@dataclass(frozen=True)
 class RouterSettings:
     version: str = "1"
     host: str = "127.0.0.1"
@@ -343,8 +434,7 @@ class RouterSettings:
     outbound: OutboundSettings = OutboundSettings()
     retention_days: int = 90
     admin_token: str | None = None
-    alert_channels: tuple[Mapping[str, Any], ...] = ()
-    alert_interval_seconds: int = 60
+    alerts: AlertSettings = AlertSettings()
 
 
 @dataclass(frozen=True)

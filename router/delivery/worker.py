@@ -293,7 +293,8 @@ class DestinationWorker:
         by_connection: dict[tuple[str, str], list[Job]] = defaultdict(list)
         for job in jobs:
             if job.due.drop_reason:  # decided while held: its hold ended without a partner
-                outcomes.append(_outcome(job, self.name, "dropped", job.due.drop_reason))
+                outcomes.append(_outcome(job, self.name, "dropped", job.due.drop_reason,
+                                         cause="send_if"))
                 continue
             row = job.due.event.row
             by_connection[(row.account, row.environment)].append(job)
@@ -304,7 +305,7 @@ class DestinationWorker:
             conn = env.destinations.get(self.name) if env else None
             if conn is None or not conn.enabled:
                 outcomes += [_outcome(job, self.name, "dropped", "destination no longer enabled "
-                                      "for this account") for job in group]
+                                      "for this account", cause="disabled") for job in group]
                 continue
             if self.pauses.paused(self.name, account, environment):
                 outcomes += [_outcome(job, self.name, "queued", "paused: credentials rejected")
@@ -316,7 +317,7 @@ class DestinationWorker:
             for job in group:
                 stale = too_old(dest, job.body.get("occurred_at"), now)
                 if stale:  # before batching: one stale event must not fail a whole request
-                    outcomes.append(_outcome(job, self.name, "dropped", stale))
+                    outcomes.append(_outcome(job, self.name, "dropped", stale, cause="too_old"))
                     continue
                 try:
                     job.rendered = render_payload(dest, conn, job.seq, job.body,
@@ -324,11 +325,13 @@ class DestinationWorker:
                     ready.append(job.rendered)
                     by_seq[job.seq] = job
                 except RenderError as exc:
-                    outcomes.append(_outcome(job, self.name, "dropped", str(exc)))
+                    outcomes.append(_outcome(job, self.name, "dropped", str(exc),
+                                             cause="invalid"))
                 except Exception as exc:  # anything else in one payload fails it alone
                     log.exception("%s: rendering event %s failed", self.name, job.seq)
                     outcomes.append(_outcome(job, self.name, "dropped",
-                                             f"rendering failed: {type(exc).__name__}: {exc}"))
+                                             f"rendering failed: {type(exc).__name__}: {exc}",
+                                             cause="invalid"))
                 await slicer.tick()
             for batch in batches(dest, ready):
                 await self._start_send(config, dest, conn, account, environment,
@@ -435,8 +438,8 @@ class DestinationWorker:
             return
         log.warning("%s: event %s cannot be sent: %s", self.name,
                     jobs[0].due.event.row.event_id if jobs else "?", reason)
-        await self.writer.submit([_outcome(job, self.name, "dropped", reason) for job in jobs],
-                                 None, self)
+        await self.writer.submit([_outcome(job, self.name, "dropped", reason, cause="invalid")
+                                  for job in jobs], None, self)
 
     async def _send(self, config: CompiledConfig, dest: Destination,
                     request: OutgoingRequest) -> Answer:
@@ -458,7 +461,10 @@ class DestinationWorker:
         """Bad credentials: the connection waits for `router resume`; the attempt is in
         the history, and a resume starts a new round of the retry policy."""
         if not self.pauses.paused(self.name, account, environment):
-            log.warning("%s: pausing %s/%s: %s", self.name, account, environment, reason)
+            log.warning("%s: pausing %s/%s: %s", self.name, account, environment, reason,
+                        extra={"fields": {"event": "connection.paused", "destination": self.name,
+                                          "account": account, "environment": environment,
+                                          "error": reason}})
             self.pauses.by_destination[self.name].add((account, environment))
             await self._pause_store(self.name, account, environment, reason)
         await self.writer.submit([_outcome(job, self.name, "queued", f"paused: {reason}",
@@ -479,16 +485,17 @@ class DestinationWorker:
                             latency_ms=round(latency, 1) if latency is not None else None)
         if verdict.kind == OK:  # this event was rejected inside a successful request
             return _outcome(job, self.name, "dropped", verdict.event_errors[index],
-                            attempted=True, request_ref=ref, attempt_ms=elapsed_ms)
+                            attempted=True, request_ref=ref, attempt_ms=elapsed_ms,
+                            cause="event_error")
         if verdict.kind == PERMANENT:
             return _outcome(job, self.name, "dropped", verdict.message, attempted=True,
-                            request_ref=ref, attempt_ms=elapsed_ms)
+                            request_ref=ref, attempt_ms=elapsed_ms, cause="permanent")
         assert verdict.kind == RETRY
         attempts = job.due.round_attempts + 1
         if attempts >= policy.max_attempts:
             return _outcome(job, self.name, "dropped", f"gave up after {attempts} attempts: "
                             f"{verdict.message}", attempted=True, request_ref=ref,
-                            attempt_ms=elapsed_ms)
+                            attempt_ms=elapsed_ms, cause="retries_exhausted")
         due = now + policy.delay(attempts, verdict.retry_after)
         return _outcome(job, self.name, "failed", verdict.message, attempted=True,
                         request_ref=ref, attempt_ms=elapsed_ms, due_at=due,
@@ -498,11 +505,14 @@ class DestinationWorker:
 def _outcome(job: Job, destination: str, status: str, error: str | None = None, *,
              attempted: bool = False, request_ref: int | None = None,
              attempt_ms: float | None = None, latency_ms: float | None = None,
-             due_at: float | None = None, next_retry_at: str | None = None) -> Outcome:
+             due_at: float | None = None, next_retry_at: str | None = None,
+             cause: str | None = None) -> Outcome:
     return Outcome(job.seq, destination, status, attempted, error=error, due_at=due_at,
                    next_retry_at=next_retry_at, latency_ms=latency_ms,
                    request_ref=request_ref if attempted else None,
-                   attempt_ms=round(attempt_ms, 1) if attempt_ms is not None else None)
+                   attempt_ms=round(attempt_ms, 1) if attempt_ms is not None else None,
+                   cause=cause, attempt=job.due.attempts + 1 if attempted else 0,
+                   event=job.due.event)
 
 
 def plaintext_destinations(config: CompiledConfig) -> frozenset[str]:

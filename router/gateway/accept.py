@@ -63,6 +63,9 @@ class Answer:
     status: int
     body: dict[str, Any]
     results: list[dict[str, Any]]
+    # the gateway's own answers (accepted, duplicate = exact retry, rejected), before a
+    # ?wait=true replaced them with stage 2's decisions: what the gateway is counted by
+    acknowledged: list[dict[str, Any] | None] | None = None
 
 
 async def accept(config: CompiledConfig, appender: Appender, waiters: Waiters,
@@ -90,6 +93,7 @@ async def accept(config: CompiledConfig, appender: Appender, waiters: Waiters,
         event_ids.append(verdict.event_id)
         stored.append(verdict.message)
     decided = True
+    acknowledged = results
     if kept:
         appended = await appender.submit(InboxAppend(
             partition=partition_of(account, config.settings.partitions), account=account,
@@ -100,6 +104,7 @@ async def accept(config: CompiledConfig, appender: Appender, waiters: Waiters,
             results[index] = {"event_id": event_id,
                               "status": "duplicate" if duplicate else "accepted"}
         if wait:
+            acknowledged = list(results)
             decisions = await waiters.wait(appended.inbox_id,
                                            config.settings.wait_timeout_seconds)
             if decisions is None:
@@ -117,5 +122,5 @@ async def accept(config: CompiledConfig, appender: Appender, waiters: Waiters,
     if final and len(rejected) == len(final):
         first = rejected[0]
         return Answer(422, {"error": {"code": first["code"], "message": first["reason"]},
-                            **body}, final)
-    return Answer(200, body, final)
+                            **body}, final, acknowledged)
+    return Answer(200, body, final, acknowledged)

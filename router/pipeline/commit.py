@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from router.pipeline.event import MAPPED, Event, event_from_body
 from router.pipeline.guard import Rejection
 from router.pipeline.holds import complete, hold_for
 from router.pipeline.identity_graph import IdentityGraph, enrich, identifiers
+from router.pipeline.index import event_index
 from router.pipeline.routing import QUEUED, needs_plaintext, route
 from router.redact import redact
 from router.store.base import (
@@ -61,6 +62,11 @@ class Result:
     seq: int | None = None  # the stored event (for a duplicate: the one it merged into)
     duplicate_of: str | None = None  # the event id of the first arrival
     first_index: int | None = None  # a duplicate of an event earlier in the same batch
+    # for observers (logs, metrics, the live stream): the canonical name, and for a new
+    # event its routing (destination -> {status, reason?, cause?})
+    event_name: str | None = None
+    source_event: str | None = None
+    routes: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event_id": self.event_id, "status": self.status}
@@ -159,6 +165,7 @@ def build_planner(config: CompiledConfig, items: Sequence[Item], now: float,
         write = WritePlan(identity=changes)
         results: list[Result | None] = [None] * len(items)
         first_ids: dict[int, str] = {}
+        routed: dict[int, dict[str, Any]] = {}
         for insert in plan.inserts:
             index = live[insert.index]
             event = insert.event
@@ -183,15 +190,18 @@ def build_planner(config: CompiledConfig, items: Sequence[Item], now: float,
                 routes = decide_routes(config, event, received[index], release)
                 await tick()
             raw = items[index].raw if event.status != MAPPED else None
+            body = event.to_dict()
+            terms, signals = event_index(config, body, evidence)
+            routed[insert.index] = routes
             write.inserts.append(EventRow(
                 account=event.account, environment=event.environment, event_id=event.event_id,
                 event_name=event.event_name, source=event.source, source_event=event.source_event,
                 status=event.status, occurred_at=event.occurred_at, received_at=event.received_at,
-                body=event.to_dict(), evidence=evidence, routes=routes,
+                body=body, evidence=evidence, routes=routes,
                 keys=tuple(k.split(SEP, 2)[2] for k in insert.keys),
                 release_at=release,
                 pii=event.pii if event.pii and needs_plaintext(config, routes) else None,
-                raw=redact(raw) if raw is not None else None))
+                raw=redact(raw) if raw is not None else None, terms=terms, signals=signals))
         for seq, working in plan.updates.items():
             routes_update = None
             release = working.release_at
@@ -208,6 +218,7 @@ def build_planner(config: CompiledConfig, items: Sequence[Item], now: float,
                 received_at = _epoch(merged.received_at) or now
                 routes_update = decide_routes(config, merged, received_at, release)
             write.updates[seq] = (working.event, working.evidence, routes_update, release)
+            write.index[seq] = event_index(config, working.event, working.evidence)
         position = 0
         for index in range(len(items)):
             item = items[index]
@@ -216,22 +227,27 @@ def build_planner(config: CompiledConfig, items: Sequence[Item], now: float,
                 write.forget_ack_keys.append((item.event.account, item.event.environment,
                                               item.event.event_id))
                 results[index] = Result(item.event.event_id, REJECTED, item.rejection.message,
-                                        item.rejection.code)
+                                        item.rejection.code, event_name=item.event.event_name,
+                                        source_event=item.event.source_event)
                 continue
             outcome = plan.outcomes[position]
-            position += 1
+            name = item.event.event_name
             if outcome.status == "accepted":
                 status = "accepted" if item.event.status == MAPPED else "unmapped"
-                results[index] = Result(item.event.event_id, status)
+                results[index] = Result(item.event.event_id, status, event_name=name,
+                                        source_event=item.event.source_event,
+                                        routes=routed.get(position))
             elif outcome.duplicate_of_index is not None:
                 results[index] = Result(item.event.event_id, "duplicate", outcome.reason,
                                         duplicate_of=first_ids.get(outcome.duplicate_of_index),
-                                        first_index=live[outcome.duplicate_of_index])
+                                        first_index=live[outcome.duplicate_of_index],
+                                        event_name=name)
             else:
                 seq = outcome.duplicate_of_seq
                 first = by_seq[seq].event.get("event_id") if seq in by_seq else None
                 results[index] = Result(item.event.event_id, "duplicate", outcome.reason,
-                                        seq=seq, duplicate_of=first)
+                                        seq=seq, duplicate_of=first, event_name=name)
+            position += 1
         write.results = results
         return write
 

@@ -59,6 +59,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     runtime: Runtime = request.app["runtime"]
+    try:
+        await runtime.refresh_gauges()
+    except Exception:  # the counters still answer; the store's gauges keep their last value
+        log.exception("reading the store for /metrics failed")
     return web.Response(body=generate_latest(runtime.metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -78,9 +82,13 @@ def build_app(runtime: Runtime) -> web.Application:
     async def on_startup(_: web.Application) -> None:
         await runtime.start()
 
+    async def on_shutdown(_: web.Application) -> None:
+        runtime.feed.close()  # live streams end, so the graceful stop does not wait on them
+
     async def on_cleanup(_: web.Application) -> None:
         await runtime.stop()
 
     app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)
     return app

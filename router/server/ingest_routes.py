@@ -64,7 +64,8 @@ async def process(runtime: Runtime, config: CompiledConfig, mapping: SourceMappi
     answer = await accept(config, runtime.appender, runtime.waiters, mapping, cand.account,
                           cand.environment, messages, meta, iso_time(received) or "", wait,
                           adjust)
-    runtime.metrics.count_results(mapping.source, answer.results)
+    runtime.observer.acknowledged(mapping.source, cand.account, cand.environment,
+                                  answer.acknowledged or answer.results)
     return json_response(answer.body, answer.status)
 
 

@@ -12,10 +12,8 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from router.config.compile import check_config
@@ -24,6 +22,11 @@ from router.config.model import CompiledConfig
 from router.delivery.plane import DeliveryPlane, new_owner
 from router.gateway.appender import Appender
 from router.gateway.waiters import Waiters
+from router.ops.alerting import Alerting
+from router.ops.detectors import KINDS
+from router.ops.feed import Feed
+from router.ops.metrics import Metrics
+from router.ops.observe import Observer
 from router.pipeline.commit import Result
 from router.pipeline.processor import Processor
 from router.pipeline.routing import clear_caches
@@ -62,39 +65,6 @@ def _snapshot(root: str) -> dict[str, float]:
     return out
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.events = Counter("router_events_total",
-                              "Events answered by the gateway, by source and status",
-                              ["source", "status"], registry=self.registry)
-        self._event_children: dict[tuple[str, str], Any] = {}
-        self.processed = Counter("router_processed_total",
-                                 "Events decided by the processor (stage 2), by source, status "
-                                 "and rejection code", ["source", "status", "code"],
-                                 registry=self.registry)
-        self.requests = Histogram("router_request_seconds", "Ingest request latency",
-                                  ["endpoint", "code"], registry=self.registry,
-                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5))
-        self.shed = Counter("router_requests_shed_total",
-                            "Ingest requests answered 503 overloaded", ["reason"],
-                            registry=self.registry)
-        self.unauthenticated_refused = Counter(
-            "router_requests_unauthenticated_refused_total",
-            "Ingest requests answered 429 too_many_unauthenticated "
-            "(unauthenticated_bodies_per_client)", registry=self.registry)
-
-    def count_results(self, source: str, results: Sequence[dict[str, Any] | None]) -> None:
-        children = self._event_children
-        for result in results:
-            if result is not None:
-                key = (source, result["status"])
-                child = children.get(key)
-                if child is None:  # labels() takes a lock and builds a key: once per pair
-                    child = children[key] = self.events.labels(*key)
-                child.inc()
-
-
 class _PipelineCollector:
     """The pipeline's own counters, read when /metrics is scraped."""
 
@@ -116,6 +86,9 @@ class _PipelineCollector:
             yield GaugeMetricFamily("router_processor_lag_seconds",
                                     "Acknowledgement to decision, for the last batch",
                                     value=rt.processor.stats.last_lag_seconds)
+        yield GaugeMetricFamily("router_stream_listeners",
+                                "Clients following GET /admin/stream (router tail)",
+                                value=rt.feed.subscribers)
         yield GaugeMetricFamily("router_inbox_backlog_messages",
                                 "Acknowledged messages not yet processed (estimate)",
                                 value=rt.backlog())
@@ -143,14 +116,20 @@ class Runtime:
         # requests holding a processing slot tell background work the gateway is busy
         self.governor = Governor(s.background_share, lambda: self.gate.in_flight)
         self.metrics.registry.register(_PipelineCollector(self))
+        self.feed = Feed()
+        self.observer = Observer(self.metrics, self.feed, lambda: self._config)
         self.pixel_limiter = RateLimiter(s.pixel_rate_limit_per_minute)
         self.appender = Appender(store, lambda: self._config.settings.dedup_window_seconds,
                                  s.group_commit_max_events) if "gateway" in roles else None
         self.waiters = Waiters(store)
         self.processor = Processor(store, lambda: self._config, self.owner, self.governor,
                                    on_results=self._processed) if "processor" in roles else None
-        self.plane = DeliveryPlane(store, lambda: self._config, self.owner, self.governor) \
+        self.plane = DeliveryPlane(store, lambda: self._config, self.owner, self.governor,
+                                   on_outcomes=self.observer.delivered) \
             if "delivery" in roles else None
+        # one process of those sharing the store runs the detectors (a lease decides)
+        self.alerting = Alerting(store, lambda: self._config, self.owner, self.metrics) \
+            if "processor" in roles else None
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._backlog_seen = (0, 0.0)  # (store's inbox depth, when read) for split roles
@@ -161,8 +140,18 @@ class Runtime:
     def _processed(self, row: InboxRow, results: list[Result]) -> None:
         answers = [{"position": i, **r.to_json()} for i, r in enumerate(results)]
         self.waiters.resolve(row.id, answers)
-        for result in results:
-            self.metrics.processed.labels(row.source, result.status, result.code or "").inc()
+        self.observer.processed(row, results)
+
+    async def refresh_gauges(self) -> None:
+        """Before /metrics answers: the store-backed gauges (cached briefly)."""
+        await self.metrics.store.refresh(self.store, KINDS,
+                                         tuple(sorted(self._config.destinations)))
+
+    async def resume(self, destination: str | None = None, account: str | None = None,
+                     trigger: str = "admin") -> int:
+        lifted = await self.store.resume(destination, account)
+        self.observer.resumed(lifted, destination, account, trigger)
+        return lifted
 
     def backlog(self) -> int:
         """Acknowledged messages not yet processed, as well as this process knows."""
@@ -214,7 +203,7 @@ class Runtime:
         self._config = config
         if self.plane is not None:
             self.plane.sync()
-        resumed = await self.store.resume()
+        resumed = await self.resume(trigger=reason)
         log.info("%s: config %s -> %s%s", reason, old.config_hash, config.config_hash,
                  f" ({resumed} paused connection(s) resumed)" if resumed else "")
         return True
@@ -242,6 +231,8 @@ class Runtime:
             self._backlog_left, _ = await self.store.inbox_depth()
         if self.plane is not None:
             self.plane.start()
+        if self.alerting is not None:
+            self.alerting.start()
         # other processes (another role, the CLI's replay and resume) commit to the same
         # store: notice them — often when roles are split, rarely otherwise
         interval = 0.02 if self.roles != frozenset(ROLES) else 0.5
@@ -286,6 +277,8 @@ class Runtime:
                 await task
         if self.plane is not None:
             await self.plane.stop()
+        if self.alerting is not None:
+            await self.alerting.stop()
         self.waiters.stop()
         await self.store.release_leases(self.owner)
         await self.store.close()

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from router.config.model import CompiledConfig
 from router.delivery.sandbox import build_sandbox_app
+from router.ops.logs import configure as configure_logging
 from router.server.app import build_app
 from router.server.http import ClientHttpErrors
 from router.server.runtime import ROLES, Runtime
@@ -75,8 +76,8 @@ def _reload_context(runtime: Runtime, watch: bool) -> Any:
 def run(config: CompiledConfig, *, store_url: str | None = None, host: str | None = None,
         port: int | None = None, log_level: str = "INFO",
         roles: frozenset[str] = frozenset(ROLES), sandbox_port: int | None = None,
-        watch: bool = False, reuse_port: bool = False) -> None:
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        watch: bool = False, reuse_port: bool = False, log_format: str = "text") -> None:
+    configure_logging(log_level, log_format)
     logging.getLogger("aiohttp.server").addFilter(ClientHttpErrors())
     url = store_url or config.settings.store_url
     store = open_store(url)
@@ -98,9 +99,10 @@ def run(config: CompiledConfig, *, store_url: str | None = None, host: str | Non
 
 
 def run_workers(config: CompiledConfig, *, store_url: str | None = None,
-                log_level: str = "INFO", roles: frozenset[str] = frozenset({"delivery"})) -> None:
+                log_level: str = "INFO", roles: frozenset[str] = frozenset({"delivery"}),
+                log_format: str = "text") -> None:
     """`router worker`: the stages after the acknowledgement, without HTTP."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(log_level, log_format)
     _event_loop_policy()
 
     async def main() -> None:
@@ -124,7 +126,7 @@ def run_workers(config: CompiledConfig, *, store_url: str | None = None,
 
 
 def run_sandbox(config: CompiledConfig, *, host: str, port: int) -> None:
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("INFO", "text")
     log.info("sandbox for %d destinations on http://%s:%d", len(config.destinations), host, port)
     web.run_app(build_sandbox_app(config), host=host, port=port, print=None, access_log=None,
                 shutdown_timeout=1)

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +95,11 @@ class EventRow:
     release_at: float | None = None  # merge hold: not deliverable before this (unix s)
     pii: dict[str, Any] | None = None  # plaintext for destinations that declare it
     raw: Any = None  # the source message, for unmapped and rejected events
+    # search and report index (see `EventQuery`, `identifier_coverage`): values it can be
+    # found by ("order_id:548291", "email_sha256:<hex>", a duplicate's "event_id:...") and
+    # the signals it carries (" email_sha256 fbc context.ip src:shopify ")
+    terms: tuple[str, ...] = ()
+    signals: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,8 @@ class WritePlan:
     decisions: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     # exact-retry keys of messages that were rejected: a corrected resend is not a retry
     forget_ack_keys: list[tuple[str, str, str]] = field(default_factory=list)
+    # seq -> (terms to add, signals): a stored event's index after a duplicate merged in
+    index: dict[int, tuple[tuple[str, ...], str | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,7 @@ class DeliveryView:
     destination_version: str | None
     request: Any = None
     response: Any = None
+    cause: str | None = None  # why it was not sent (dropped): see `DROP_CAUSES`
 
 
 @dataclass(frozen=True)
@@ -208,9 +216,23 @@ class DueDelivery:
     drop_reason: str | None = None  # decided while held: not to be sent, for this reason
 
 
+DROP_CAUSES = ("consent", "send_if", "not_listed", "too_old", "permanent", "event_error",
+               "retries_exhausted", "invalid", "disabled")
+"""Why a Delivery was dropped. The first three are intentional (routing decided not to
+send: consent denied, the destination's send_if, the event not listed for it); the others
+are losses: too old for the platform, refused by it (the whole request, or this event
+inside an accepted request), retries used up, a payload that cannot be built, a
+destination switched off meanwhile."""
+
+INTENTIONAL_CAUSES = ("consent", "send_if", "not_listed")
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """A Delivery's new state after an attempt (or a decision not to attempt)."""
+    """A Delivery's new state after an attempt (or a decision not to attempt).
+
+    `event` and `attempt` are for the observers of outcomes (logs, metrics, the live
+    stream); the store needs neither."""
 
     event_seq: int
     destination: str
@@ -222,6 +244,9 @@ class Outcome:
     latency_ms: float | None = None  # arrival -> acknowledgement, when delivered
     request_ref: int | None = None  # index into the flush's requests
     attempt_ms: float | None = None  # the request's own round trip
+    cause: str | None = None  # for a drop: one of DROP_CAUSES
+    attempt: int = 0  # the attempt's number in the delivery's history (0: not attempted)
+    event: StoredEvent | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +286,121 @@ class Alert:
     opened_at: str
     resolved_at: str | None
     detail: Mapping[str, Any]
+    updated_at: str | None = None
+
+
+@dataclass(frozen=True)
+class AlertLogEntry:
+    """One step in an alert's history: opened, updated or resolved, with the evidence of
+    that moment; opened and resolved entries are sent to the alert channels, and
+    `notified` records each channel's result once they are done."""
+
+    id: int
+    alert_id: int
+    kind: str
+    subject: str
+    at: str
+    action: str  # opened | updated | resolved
+    detail: Mapping[str, Any]
+    notified_at: str | None = None
+    notified: Mapping[str, Any] | None = None
+
+
+# --- what operators search and what the detectors read -----------------------------------
+
+def signals_text(tokens: Iterable[str]) -> str:
+    """The `signals` column: space-separated tokens with a space at each end, so that a
+    backend finds a token with a portable `LIKE '% token %'`."""
+    return " " + " ".join(sorted(set(tokens))) + " "
+
+
+Identifier = Sequence[Sequence[str]]
+"""An identifier as signal tokens: alternatives, each a group of tokens that must all be
+present (`[["fbc"], ["fbclid"]]`: either; `[["context.ip", "context.user_agent"]]`: both)."""
+
+
+@dataclass(frozen=True)
+class EventQuery:
+    """Filters of an event search; every given filter must match. Newest first, keyset
+    paginated: pass the last seq of a page as `before_seq` for the next one."""
+
+    event_id: str | None = None  # the event's own id, or the id of a duplicate merged into it
+    any_terms: tuple[tuple[str, ...], ...] = ()  # each group: at least one term matches
+    account: str | None = None
+    environment: str | None = None
+    source: str | None = None
+    status: str | None = None  # mapped | unmapped | rejected
+    name: str | None = None  # canonical event name
+    since: str | None = None  # received_at >= (ISO 8601 UTC)
+    until: str | None = None  # received_at <
+    destination: str | None = None  # has a Delivery to it ...
+    delivery_status: tuple[str, ...] = ()  # ... in one of these statuses
+    undelivered: bool = False  # ... neither delivered nor skipped on purpose (a loss/pending)
+    lacking: Identifier | None = None  # carries none of the alternatives
+    before_seq: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    """Pending deliveries of one connection (destination, account, environment)."""
+
+    destination: str
+    account: str
+    environment: str
+    due: int  # due now, not claimed
+    scheduled: int  # waiting for a retry time or a hold
+    parked: int  # waiting for a resume (paused connection)
+    in_flight: int  # claimed by a delivery process
+    oldest_due_at: float | None  # unix s of the longest-waiting due one
+
+
+@dataclass(frozen=True)
+class ConnectionHealth:
+    """Attempts of one connection, as the outcome writer last recorded them: failures
+    since the last success (a success is an accepted request, even one that refused an
+    event inside it)."""
+
+    destination: str
+    account: str
+    environment: str
+    last_attempt_at: str | None
+    last_success_at: str | None
+    streak_started_at: str | None  # first failure after the last success
+    failures: int
+    last_error: str | None
+    last_status: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryCount:
+    account: str
+    environment: str
+    destination: str
+    status: str
+    cause: str | None
+    count: int
+
+
+@dataclass(frozen=True)
+class OrderOutcomes:
+    """Orders (events of the order names from the sources of truth) in a window, and how
+    their deliveries stand."""
+
+    orders: Mapping[tuple[str, str], int]  # (account, environment) -> orders
+    deliveries: tuple[DeliveryCount, ...]
+
+
+@dataclass(frozen=True)
+class CoverageRow:
+    """How many of a destination's events of one name carry each identifier."""
+
+    account: str
+    environment: str
+    destination: str
+    event_name: str
+    events: int
+    present: Mapping[str, int]  # identifier -> events carrying it
 
 
 # --- change notifications --------------------------------------------------------------
@@ -423,7 +563,8 @@ class Store(ABC):
                      owner: str, now: float, plaintext: frozenset[str] = frozenset()) -> None:
         """Write outcomes of every destination together: the Delivery rows, their
         attempts, each request's excerpt once; release the rows' leases; erase an event's
-        plaintext once every delivery of a `plaintext` destination is final."""
+        plaintext once every delivery of a `plaintext` destination is final; keep each
+        connection's health (`connection_health`) up to date with the attempts."""
 
     @abstractmethod
     async def release(self, keys: Sequence[tuple[int, str]], owner: str, now: float) -> None:
@@ -438,7 +579,8 @@ class Store(ABC):
 
     @abstractmethod
     async def resume(self, destination: str | None = None, account: str | None = None) -> int:
-        """Lift pauses; their waiting deliveries become due now. Returns pauses lifted."""
+        """Lift pauses; their waiting deliveries become due now, and the connections'
+        failure counts (`connection_health`) start over. Returns pauses lifted."""
 
     @abstractmethod
     async def requeue(self, *, since: str | None = None, destination: str | None = None,
@@ -454,13 +596,71 @@ class Store(ABC):
         """Open an alert unless one is already open for (kind, subject); True if opened."""
 
     @abstractmethod
-    async def resolve_alert(self, kind: str, subject: str) -> bool:
-        """Resolve the open alert for (kind, subject); True if there was one."""
+    async def resolve_alert(self, kind: str, subject: str,
+                            detail: Mapping[str, Any] | None = None) -> bool:
+        """Resolve the open alert for (kind, subject), with the evidence of the recovery
+        (None: keep the last); True if there was one."""
 
     @abstractmethod
     async def alerts(self, *, open_only: bool = False, kind: str | None = None,
-                     limit: int = 100) -> list[Alert]:
+                     limit: int = 100, subject: str | None = None) -> list[Alert]:
         """Newest first."""
+
+    @abstractmethod
+    async def alert(self, alert_id: int) -> Alert | None: ...
+
+    @abstractmethod
+    async def update_alert(self, kind: str, subject: str, detail: Mapping[str, Any],
+                           log: bool = False) -> bool:
+        """Replace the open alert's evidence; with `log`, add an `updated` entry to its
+        history. False if no alert is open for (kind, subject)."""
+
+    @abstractmethod
+    async def alert_log(self, *, alert_id: int | None = None, pending: bool = False,
+                        limit: int = 100) -> list[AlertLogEntry]:
+        """History entries, oldest first: one alert's, or (`pending`) the opened and
+        resolved entries not yet sent to the channels."""
+
+    @abstractmethod
+    async def mark_notified(self, entry_id: int, result: Mapping[str, Any]) -> None:
+        """The channels are done with this entry (each one's result)."""
+
+    # --- search and the numbers behind the detectors ----------------------------------------
+
+    @abstractmethod
+    async def search_events(self, query: EventQuery) -> list[StoredEvent]: ...
+
+    @abstractmethod
+    async def person_identifiers(self, account: str, person: str,
+                                 limit: int = 1000) -> list[str]:
+        """The identifiers the identity graph links to this person (root), the root too."""
+
+    @abstractmethod
+    async def delivery_queue(self, now: float) -> list[QueueRow]:
+        """Pending deliveries per connection (queued or failed, not final)."""
+
+    @abstractmethod
+    async def connection_health(self) -> list[ConnectionHealth]: ...
+
+    @abstractmethod
+    async def event_counts(self, since: str, until: str) -> dict[tuple[str, str, str], int]:
+        """Stored events (any status) per (account, environment, source) received in
+        [since, until)."""
+
+    @abstractmethod
+    async def order_outcomes(self, since: str, until: str, event_names: Sequence[str],
+                             sources: Sequence[str] = ()) -> OrderOutcomes:
+        """Mapped events of these names received in [since, until) that one of `sources`
+        reported (its own source or a duplicate's; none given: any source), and their
+        deliveries by (destination, status, cause)."""
+
+    @abstractmethod
+    async def identifier_coverage(self, since: str, until: str,
+                                  identifiers: Mapping[str, Identifier],
+                                  event_names: Sequence[str] = ()) -> list[CoverageRow]:
+        """Per (account, environment, destination, event name): the mapped events received
+        in [since, until) routed to the destination (not dropped on purpose), and how many
+        carry each identifier."""
 
     # --- housekeeping ---------------------------------------------------------------------
 

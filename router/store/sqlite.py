@@ -23,29 +23,39 @@ import aiosqlite
 import orjson
 
 from router.store.base import (
+    INTENTIONAL_CAUSES,
     PAUSE_ALERT,
     Alert,
+    AlertLogEntry,
     Appended,
     AttemptView,
     BatchInput,
     Changes,
+    ConnectionHealth,
+    CoverageRow,
+    DeliveryCount,
     DeliveryView,
     DueDelivery,
+    EventQuery,
     EventRow,
+    Identifier,
     IdentityView,
     InboxAppend,
     InboxRow,
     LeaseCheck,
     LeaseLost,
+    OrderOutcomes,
     Outcome,
     Pause,
     Planner,
+    QueueRow,
     RequestExcerpt,
     Store,
     StoredEvent,
     WritePlan,
     pause_subject,
 )
+from router.store.sql import marks, presence
 from router.store.sqlite_schema import migrate
 from router.store.sqlite_writer import URGENT, Writer
 
@@ -257,17 +267,19 @@ class SQLiteStore(Store):
         seqs: list[int] = []
         due: dict[str, float] = {}
         deliveries: list[tuple[Any, ...]] = []
+        terms: list[tuple[str, int]] = []
         for row in plan.inserts:
             cur = conn.execute(
                 "INSERT INTO events (account, environment, event_id, event_name, source, "
                 "source_event, status, occurred_at, received_at, release_at, body, evidence, "
-                "pii, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "pii, raw, signals) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (row.account, row.environment, row.event_id, row.event_name, row.source,
                  row.source_event, row.status, row.occurred_at, row.received_at, row.release_at,
                  _dumps(row.body), _dumps(row.evidence), _dumps(row.pii) if row.pii else None,
-                 _dumps(row.raw) if row.raw is not None else None))
+                 _dumps(row.raw) if row.raw is not None else None, row.signals))
             seq = int(cur.lastrowid or 0)
             seqs.append(seq)
+            terms += [(term, seq) for term in row.terms]
             if row.keys:
                 conn.executemany(
                     "INSERT OR REPLACE INTO dedup_keys VALUES (?,?,?,?,?)",
@@ -292,6 +304,12 @@ class SQLiteStore(Store):
                 "INSERT OR IGNORE INTO deliveries (event_seq, destination, account, environment, "
                 "status, reason, queued_at, due_at, destination_version, drop_reason, cause) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?)", deliveries)
+        for seq, (added, signals) in plan.index.items():
+            if signals is not None:
+                conn.execute("UPDATE events SET signals = ? WHERE seq = ?", (signals, seq))
+            terms += [(term, seq) for term in added]
+        if terms:
+            conn.executemany("INSERT OR IGNORE INTO event_terms VALUES (?,?)", terms)
         self._apply_identity(conn, plan)
         if plan.done_inbox:
             conn.executemany("DELETE FROM inbox WHERE id = ?", [(i,) for i in plan.done_inbox])
@@ -378,7 +396,7 @@ class SQLiteStore(Store):
     _DELIVERY_SELECT = """
         SELECT d.event_seq, e.event_id, e.event_name, d.account, d.environment, d.destination,
                d.status, d.reason, d.attempts, d.queued_at, d.last_attempt_at, d.next_retry_at,
-               d.latency_ms, d.destination_version, r.request, r.response
+               d.latency_ms, d.destination_version, r.request, r.response, d.cause
         FROM deliveries d JOIN events e ON e.seq = d.event_seq
         LEFT JOIN requests r ON r.id = d.request_id
     """
@@ -528,6 +546,7 @@ class SQLiteStore(Store):
         attempts: list[tuple[Any, ...]] = []
         parked: list[tuple[int, str]] = []
         finals: set[int] = set()
+        health: dict[tuple[str, str, str], list[tuple[bool, str, str | None]]] = {}
         for o in outcomes:
             request_id = request_ids[o.request_ref] if o.request_ref is not None else None
             row = conn.execute(
@@ -535,11 +554,12 @@ class SQLiteStore(Store):
                 "last_attempt_at = CASE WHEN ? THEN ? ELSE last_attempt_at END, "
                 "next_retry_at = ?, due_at = ?, owner = NULL, drop_reason = NULL, "
                 "latency_ms = COALESCE(?, latency_ms), "
-                "request_id = COALESCE(?, request_id) "
+                "request_id = COALESCE(?, request_id), cause = ? "
                 "WHERE event_seq = ? AND destination = ? AND (owner = ? OR owner IS NULL) "
-                "RETURNING attempts",
+                "RETURNING attempts, account, environment",
                 (o.status, o.error, int(o.attempted), int(o.attempted), at, o.next_retry_at,
-                 o.due_at, o.latency_ms, request_id, o.event_seq, o.destination,
+                 o.due_at, o.latency_ms, request_id,
+                 o.cause if o.status == "dropped" else None, o.event_seq, o.destination,
                  owner)).fetchone()
             if row is None:  # our lease ran out and another process took the row
                 continue
@@ -547,12 +567,17 @@ class SQLiteStore(Store):
                 status = "paused" if o.status == "queued" and o.due_at is None else o.status
                 attempts.append((o.event_seq, o.destination, row[0], at, status, o.error,
                                  o.attempt_ms, request_id))
+                health.setdefault((o.destination, row[1], row[2]), []).append(
+                    (_accepted(o), status, o.error))
             if o.status == "queued" and o.due_at is None:
                 parked.append((o.event_seq, o.destination))
             if o.status in ("delivered", "dropped") and o.destination in plaintext:
                 finals.add(o.event_seq)
         if attempts:
             conn.executemany("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?)", attempts)
+        if health:
+            conn.executemany(_HEALTH_UPSERT, [_health_row(key, steps, at)
+                                              for key, steps in health.items()])
         due: set[str] = set()
         for seq, destination in parked:
             # parked as "paused", but the pause may have been lifted meanwhile: then it is
@@ -591,8 +616,11 @@ class SQLiteStore(Store):
                                (destination, account, environment, reason, since))
             if cur.rowcount:
                 _open_alert(conn, PAUSE_ALERT, pause_subject(destination, account, environment),
-                            {"destination": destination, "account": account,
+                            {"summary": f"{destination} refused the credentials of "
+                                        f"{account}/{environment}: delivery is paused",
+                             "destination": destination, "account": account,
                              "environment": environment, "reason": reason,
+                             "last_error": reason, "paused": True,
                              "action": "fix the credentials, then `router resume` or reload"},
                             since)
         await self._write(write)
@@ -620,9 +648,17 @@ class SQLiteStore(Store):
                     "AND environment = ? AND destination = ? AND due_at IS NULL AND "
                     "status = 'queued'", (now, acc, env, dest))
             conn.execute(f"DELETE FROM pauses WHERE {where}", args)
+            # a resume says the credentials are fixed: failures counted while paused do
+            # not make the connection look down again
+            conn.executemany("UPDATE connection_health SET failures = 0, streak_started_at = "
+                             "NULL WHERE destination = ? AND account = ? AND environment = ?",
+                             lifted)
             resolved_at = _utc()
             for dest, acc, env in lifted:
-                _resolve_alert(conn, PAUSE_ALERT, pause_subject(dest, acc, env), resolved_at)
+                _resolve_alert(conn, PAUSE_ALERT, pause_subject(dest, acc, env), resolved_at,
+                               {"summary": f"{dest} resumed for {acc}/{env}: waiting deliveries "
+                                           f"are sent again", "destination": dest,
+                                "account": acc, "environment": env, "paused": False})
             return [tuple(r) for r in lifted]
         lifted = await self._write(write)
         self.notifier.publish(Changes(due=dict.fromkeys((d for d, _, _ in lifted), time.time()),
@@ -634,8 +670,9 @@ class SQLiteStore(Store):
                       event_id: str | None = None, account: str | None = None) -> int:
         def write(conn: sqlite3.Connection) -> list[str]:
             # never a routing decision (consent, send_if): only what delivery decided
-            where = [f"d.status IN ({','.join('?' * len(statuses))})", "d.cause IS NULL"]
-            args: list[Any] = list(statuses)
+            where = [f"d.status IN ({','.join('?' * len(statuses))})",
+                     f"(d.cause IS NULL OR d.cause NOT IN ({marks(INTENTIONAL_CAUSES)}))"]
+            args: list[Any] = [*statuses, *INTENTIONAL_CAUSES]
             for clause, value in (("d.destination = ?", destination), ("e.event_id = ?", event_id),
                                   ("d.account = ?", account), ("e.received_at >= ?", since)):
                 if value:
@@ -658,20 +695,188 @@ class SQLiteStore(Store):
     async def open_alert(self, kind: str, subject: str, detail: Mapping[str, Any]) -> bool:
         return bool(await self._write(_open_alert, kind, subject, detail, _utc()))
 
-    async def resolve_alert(self, kind: str, subject: str) -> bool:
-        return bool(await self._write(_resolve_alert, kind, subject, _utc()))
+    async def resolve_alert(self, kind: str, subject: str,
+                            detail: Mapping[str, Any] | None = None) -> bool:
+        return bool(await self._write(_resolve_alert, kind, subject, _utc(), detail))
+
+    async def update_alert(self, kind: str, subject: str, detail: Mapping[str, Any],
+                           log: bool = False) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            at = _utc()
+            row = conn.execute("UPDATE alerts SET detail = ?, updated_at = ? WHERE kind = ? AND "
+                               "subject = ? AND resolved_at IS NULL RETURNING id",
+                               (_dumps(dict(detail)), at, kind, subject)).fetchone()
+            if row is None:
+                return False
+            if log:
+                _log_alert(conn, row[0], kind, subject, at, "updated", detail, notified=True)
+            return True
+        return bool(await self._write(write))
 
     async def alerts(self, *, open_only: bool = False, kind: str | None = None,
-                     limit: int = 100) -> list[Alert]:
+                     limit: int = 100, subject: str | None = None) -> list[Alert]:
         where, args = [], []
         if open_only:
             where.append("resolved_at IS NULL")
-        if kind:
-            where.append("kind = ?")
-            args.append(kind)
-        sql = "SELECT * FROM alerts" + (" WHERE " + " AND ".join(where) if where else "")
+        for column, value in (("kind", kind), ("subject", subject)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = f"SELECT {_ALERT_COLUMNS} FROM alerts" + (
+            " WHERE " + " AND ".join(where) if where else "")
         rows = await self._read(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
-        return [Alert(r[0], r[1], r[2], r[3], r[4], _loads(r[5]) or {}) for r in rows]
+        return [_alert(r) for r in rows]
+
+    async def alert(self, alert_id: int) -> Alert | None:
+        rows = await self._read(f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE id = ?", [alert_id])
+        return _alert(rows[0]) if rows else None
+
+    async def alert_log(self, *, alert_id: int | None = None, pending: bool = False,
+                        limit: int = 100) -> list[AlertLogEntry]:
+        where, args = [], []
+        if alert_id is not None:
+            where.append("alert_id = ?")
+            args.append(alert_id)
+        if pending:
+            where.append("notified_at IS NULL AND action IN ('opened', 'resolved')")
+        sql = "SELECT id, alert_id, kind, subject, at, action, detail, notified_at, notified " \
+              "FROM alert_log" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._read(sql + " ORDER BY id LIMIT ?", [*args, limit])
+        return [AlertLogEntry(r[0], r[1], r[2], r[3], r[4], r[5], _loads(r[6]) or {}, r[7],
+                              _loads(r[8])) for r in rows]
+
+    async def mark_notified(self, entry_id: int, result: Mapping[str, Any]) -> None:
+        await self._write(lambda conn: conn.execute(
+            "UPDATE alert_log SET notified_at = ?, notified = ? WHERE id = ?",
+            (_utc(), _dumps(dict(result)), entry_id)))
+
+    # --- search and the numbers behind the detectors ------------------------------------
+
+    async def search_events(self, query: EventQuery) -> list[StoredEvent]:
+        where: list[str] = []
+        args: list[Any] = []
+        if query.event_id is not None:
+            where.append("(e.event_id = ? OR e.seq IN (SELECT t.seq FROM event_terms t "
+                         "WHERE t.term = ?))")
+            args += [query.event_id, f"event_id:{query.event_id}"]
+        for group in query.any_terms:
+            where.append(f"e.seq IN (SELECT t.seq FROM event_terms t WHERE t.term IN "
+                         f"({marks(group) or 'NULL'}))")
+            args += list(group)
+        for column, value in (("e.account", query.account),
+                              ("e.environment", query.environment), ("e.source", query.source),
+                              ("e.status", query.status), ("e.event_name", query.name)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if query.since is not None:
+            where.append("e.received_at >= ?")
+            args.append(query.since)
+        if query.until is not None:
+            where.append("e.received_at < ?")
+            args.append(query.until)
+        if query.destination is not None or query.delivery_status or query.undelivered:
+            sub = ["d.event_seq = e.seq"]
+            if query.destination is not None:
+                sub.append("d.destination = ?")
+                args.append(query.destination)
+            if query.delivery_status:
+                sub.append(f"d.status IN ({marks(query.delivery_status)})")
+                args += list(query.delivery_status)
+            if query.undelivered:
+                sub.append(f"(d.status IN ('queued', 'failed') OR (d.status = 'dropped' AND "
+                           f"(d.cause IS NULL OR d.cause NOT IN ({marks(INTENTIONAL_CAUSES)}))))")
+                args += list(INTENTIONAL_CAUSES)
+            where.append("EXISTS (SELECT 1 FROM deliveries d WHERE " + " AND ".join(sub) + ")")
+        if query.lacking is not None:
+            sql, more = presence(query.lacking, "COALESCE(e.signals, '')")
+            where.append(f"NOT {sql}")
+            args += more
+        if query.before_seq is not None:
+            where.append("e.seq < ?")
+            args.append(query.before_seq)
+        sql = f"SELECT {_EVENT_SELECT} FROM events e" + \
+            (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._read(sql + " ORDER BY e.seq DESC LIMIT ?",
+                                [*args, max(1, query.limit)])
+        return [_stored_from_row(r) for r in rows]
+
+    async def person_identifiers(self, account: str, person: str,
+                                 limit: int = 1000) -> list[str]:
+        rows = await self._read("SELECT identifier FROM identity_links WHERE account = ? AND "
+                                "root = ? ORDER BY identifier LIMIT ?", [account, person, limit])
+        return sorted({person, *(r[0] for r in rows)})
+
+    async def delivery_queue(self, now: float) -> list[QueueRow]:
+        rows = await self._read(
+            "SELECT destination, account, environment, "
+            "sum(CASE WHEN owner IS NULL AND due_at IS NOT NULL AND due_at <= ? THEN 1 ELSE 0 "
+            "END), sum(CASE WHEN owner IS NULL AND due_at > ? THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN due_at IS NULL THEN 1 ELSE 0 END), "
+            "sum(CASE WHEN owner IS NOT NULL THEN 1 ELSE 0 END), "
+            "min(CASE WHEN owner IS NULL AND due_at <= ? THEN due_at END) "
+            "FROM deliveries WHERE status IN ('queued', 'failed') "
+            "GROUP BY destination, account, environment ORDER BY 1, 2, 3", [now, now, now])
+        return [QueueRow(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), int(r[6]), r[7])
+                for r in rows]
+
+    async def connection_health(self) -> list[ConnectionHealth]:
+        rows = await self._read(
+            "SELECT destination, account, environment, last_attempt_at, last_success_at, "
+            "streak_started_at, failures, last_error, last_status FROM connection_health "
+            "ORDER BY 1, 2, 3")
+        return [ConnectionHealth(*r) for r in rows]
+
+    async def event_counts(self, since: str, until: str) -> dict[tuple[str, str, str], int]:
+        rows = await self._read(
+            "SELECT account, environment, source, count(*) FROM events WHERE received_at >= ? "
+            "AND received_at < ? GROUP BY account, environment, source", [since, until])
+        return {(r[0], r[1], r[2]): int(r[3]) for r in rows}
+
+    async def order_outcomes(self, since: str, until: str, event_names: Sequence[str],
+                             sources: Sequence[str] = ()) -> OrderOutcomes:
+        if not event_names:
+            return OrderOutcomes({}, ())
+        where = (f"e.status = 'mapped' AND e.event_name IN ({marks(event_names)}) AND "
+                 "e.received_at >= ? AND e.received_at < ?")
+        args: list[Any] = [*event_names, since, until]
+        if sources:
+            sql, more = presence([[f"src:{s}"] for s in sources])
+            where += f" AND {sql}"
+            args += more
+        orders = await self._read(f"SELECT e.account, e.environment, count(*) FROM events e "
+                                  f"WHERE {where} GROUP BY e.account, e.environment", args)
+        rows = await self._read(
+            f"SELECT d.account, d.environment, d.destination, d.status, d.cause, count(*) "
+            f"FROM events e JOIN deliveries d ON d.event_seq = e.seq WHERE {where} "
+            f"GROUP BY d.account, d.environment, d.destination, d.status, d.cause", args)
+        return OrderOutcomes({(r[0], r[1]): int(r[2]) for r in orders},
+                             tuple(DeliveryCount(r[0], r[1], r[2], r[3], r[4], int(r[5]))
+                                   for r in rows))
+
+    async def identifier_coverage(self, since: str, until: str,
+                                  identifiers: Mapping[str, Identifier],
+                                  event_names: Sequence[str] = ()) -> list[CoverageRow]:
+        names = list(identifiers)
+        sums, args = [], []
+        for name in names:
+            sql, more = presence(identifiers[name])
+            sums.append(f"sum(CASE WHEN {sql} THEN 1 ELSE 0 END)")
+            args += more
+        where = ("e.status = 'mapped' AND e.received_at >= ? AND e.received_at < ? AND "
+                 f"(d.cause IS NULL OR d.cause NOT IN ({marks(INTENTIONAL_CAUSES)}))")
+        args += [since, until, *INTENTIONAL_CAUSES]
+        if event_names:
+            where += f" AND e.event_name IN ({marks(event_names)})"
+            args += list(event_names)
+        rows = await self._read(
+            "SELECT d.account, d.environment, d.destination, e.event_name, count(*)" +
+            "".join(f", {s}" for s in sums) +
+            f" FROM events e JOIN deliveries d ON d.event_seq = e.seq WHERE {where} "
+            "GROUP BY d.account, d.environment, d.destination, e.event_name ORDER BY 1, 2, 3, 4",
+            args)
+        return [CoverageRow(r[0], r[1], r[2], r[3], int(r[4]),
+                            {n: int(r[5 + i] or 0) for i, n in enumerate(names)}) for r in rows]
 
     # --- housekeeping ------------------------------------------------------------------
 
@@ -696,12 +901,9 @@ def _delivery_rows(seq: int, account: str, environment: str, received_at: str,
         due_at = float(route.get("due_at") or now) if queued else None
         if due_at is not None:
             due[destination] = min(due.get(destination, due_at), due_at)
-        # a routing decision (consent, send_if) is kept apart from delivery outcomes:
-        # a replay must never send what consent refused
-        cause = route.get("cause") if not queued or route.get("drop_reason") else None
         out.append((seq, destination, account, environment, route.get("status"),
                     route.get("reason"), received_at, due_at, route.get("version"),
-                    route.get("drop_reason"), cause))
+                    route.get("drop_reason"), None if queued else route.get("cause")))
     return out
 
 
@@ -720,15 +922,78 @@ def _identity(conn: sqlite3.Connection, account: str, identifiers: Iterable[str]
 
 def _open_alert(conn: sqlite3.Connection, kind: str, subject: str,
                 detail: Mapping[str, Any], opened_at: str) -> int:
-    cur = conn.execute("INSERT OR IGNORE INTO alerts (kind, subject, opened_at, detail) "
-                       "VALUES (?,?,?,?)", (kind, subject, opened_at, _dumps(dict(detail))))
-    return int(cur.rowcount)
+    row = conn.execute("INSERT OR IGNORE INTO alerts (kind, subject, opened_at, updated_at, "
+                       "detail) VALUES (?,?,?,?,?) RETURNING id",
+                       (kind, subject, opened_at, opened_at, _dumps(dict(detail)))).fetchone()
+    if row is None:
+        return 0
+    _log_alert(conn, row[0], kind, subject, opened_at, "opened", detail)
+    return 1
 
 
-def _resolve_alert(conn: sqlite3.Connection, kind: str, subject: str, resolved_at: str) -> int:
-    cur = conn.execute("UPDATE alerts SET resolved_at = ? WHERE kind = ? AND subject = ? "
-                       "AND resolved_at IS NULL", (resolved_at, kind, subject))
-    return int(cur.rowcount)
+def _resolve_alert(conn: sqlite3.Connection, kind: str, subject: str, resolved_at: str,
+                   detail: Mapping[str, Any] | None = None) -> int:
+    row = conn.execute("UPDATE alerts SET resolved_at = ?, updated_at = ?, "
+                       "detail = COALESCE(?, detail) WHERE kind = ? AND subject = ? AND "
+                       "resolved_at IS NULL RETURNING id, detail",
+                       (resolved_at, resolved_at,
+                        _dumps(dict(detail)) if detail is not None else None, kind,
+                        subject)).fetchone()
+    if row is None:
+        return 0
+    _log_alert(conn, row[0], kind, subject, resolved_at, "resolved", _loads(row[1]) or {})
+    return 1
+
+
+def _log_alert(conn: sqlite3.Connection, alert_id: int, kind: str, subject: str, at: str,
+               action: str, detail: Mapping[str, Any], notified: bool = False) -> None:
+    conn.execute("INSERT INTO alert_log (alert_id, kind, subject, at, action, detail, "
+                 "notified_at) VALUES (?,?,?,?,?,?,?)",
+                 (alert_id, kind, subject, at, action, _dumps(dict(detail)),
+                  at if notified else None))
+
+
+_ALERT_COLUMNS = "id, kind, subject, opened_at, resolved_at, detail, updated_at"
+
+
+def _alert(r: Sequence[Any]) -> Alert:
+    return Alert(r[0], r[1], r[2], r[3], r[4], _loads(r[5]) or {}, r[6])
+
+
+def _accepted(outcome: Outcome) -> bool:
+    """The platform accepted the request (it may still have refused this event in it)."""
+    return outcome.status == "delivered" or outcome.cause == "event_error"
+
+
+# failures since the last success, per connection, kept by the outcome writer: a flush
+# with a success restarts the count from the failures after it
+_HEALTH_UPSERT = """
+INSERT INTO connection_health (destination, account, environment, last_attempt_at,
+    last_success_at, streak_started_at, failures, last_error, last_status)
+VALUES (?,?,?,?,?,?,?,?,?)
+ON CONFLICT (destination, account, environment) DO UPDATE SET
+  last_attempt_at = excluded.last_attempt_at,
+  last_success_at = COALESCE(excluded.last_success_at, connection_health.last_success_at),
+  failures = CASE WHEN excluded.last_success_at IS NOT NULL THEN excluded.failures
+                  ELSE connection_health.failures + excluded.failures END,
+  streak_started_at = CASE
+    WHEN excluded.failures = 0 AND excluded.last_success_at IS NOT NULL THEN NULL
+    WHEN excluded.last_success_at IS NOT NULL OR connection_health.failures = 0
+      THEN excluded.streak_started_at
+    ELSE connection_health.streak_started_at END,
+  last_error = COALESCE(excluded.last_error, connection_health.last_error),
+  last_status = excluded.last_status
+"""
+
+
+def _health_row(key: tuple[str, str, str], steps: Sequence[tuple[bool, str, str | None]],
+                at: str) -> tuple[Any, ...]:
+    last_ok = max((i for i, step in enumerate(steps) if step[0]), default=None)
+    after = steps[last_ok + 1:] if last_ok is not None else steps
+    failures = len(after)
+    last_error = next((s[2] for s in reversed(steps) if not s[0] and s[2]), None)
+    return (*key, at, at if last_ok is not None else None, at if failures else None, failures,
+            last_error, steps[-1][1])
 
 
 def _select_in(conn: sqlite3.Connection, sql: str, fixed: tuple[Any, ...],
@@ -766,4 +1031,5 @@ def _delivery(r: Sequence[Any]) -> DeliveryView:
         reason=reason if status == "dropped" else None,
         attempts=r[8], last_error=reason if status != "dropped" or r[8] else None,
         queued_at=r[9], last_attempt_at=r[10], next_retry_at=r[11], latency_ms=r[12],
-        destination_version=r[13], request=_loads(r[14]), response=_loads(r[15]))
+        destination_version=r[13], request=_loads(r[14]), response=_loads(r[15]),
+        cause=r[16] if status == "dropped" else None)

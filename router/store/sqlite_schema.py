@@ -171,7 +171,6 @@ CREATE TABLE deliveries_v2 (
   destination_version TEXT,
   request_id INTEGER,
   drop_reason TEXT,
-  cause TEXT,
   PRIMARY KEY (event_seq, destination)
 ) WITHOUT ROWID;
 INSERT INTO requests (id, destination, at, request, response)
@@ -207,7 +206,6 @@ INSERT OR IGNORE INTO deliveries_v2 (event_seq, destination, account, environmen
               THEN COALESCE(e.release_at, 0) ELSE NULL END,
          json_extract(r.value, '$.version')
   FROM events e, json_each(e.routes) r;
-UPDATE deliveries_v2 SET cause = 'routing' WHERE status = 'dropped' AND attempts = 0;
 INSERT INTO attempts (event_seq, destination, n, at, status, error, latency_ms, request_id)
   SELECT event_seq, destination, attempts, last_attempt_at, status, reason, NULL, request_id
   FROM deliveries_v2 WHERE attempts > 0 AND last_attempt_at IS NOT NULL;
@@ -225,7 +223,55 @@ ALTER TABLE events ADD COLUMN raw BLOB;
 CREATE INDEX events_status ON events (status, seq);
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, V1), (2, V2))
+# Version 3: operations. Why each dropped Delivery was not sent; what an event can be
+# found by (order id, hashed email or phone, identity identifiers, a duplicate's id) and
+# which identifiers it carries (reports, detectors); each connection's recent health;
+# alert history with the channels' notification results. Events stored before the
+# upgrade have no index: searches by those values and the reports cover newer events.
+V3 = """
+ALTER TABLE deliveries ADD COLUMN cause TEXT;
+ALTER TABLE events ADD COLUMN signals TEXT;
+CREATE INDEX events_event_id_any ON events (event_id);
+CREATE TABLE event_terms (
+  term TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  PRIMARY KEY (term, seq)
+) WITHOUT ROWID;
+CREATE TABLE connection_health (
+  destination TEXT NOT NULL,
+  account TEXT NOT NULL,
+  environment TEXT NOT NULL,
+  last_attempt_at TEXT,
+  last_success_at TEXT,
+  streak_started_at TEXT,
+  failures INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  last_status TEXT,
+  PRIMARY KEY (destination, account, environment)
+) WITHOUT ROWID;
+ALTER TABLE alerts ADD COLUMN updated_at TEXT;
+CREATE TABLE alert_log (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  alert_id INTEGER NOT NULL,
+  kind TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  at TEXT NOT NULL,
+  action TEXT NOT NULL,
+  detail BLOB,
+  notified_at TEXT,
+  notified BLOB
+);
+CREATE INDEX alert_log_alert ON alert_log (alert_id, id);
+CREATE INDEX alert_log_pending ON alert_log (id) WHERE notified_at IS NULL;
+-- alerts of an older router: their opening is history, not news to send now
+INSERT INTO alert_log (alert_id, kind, subject, at, action, detail, notified_at)
+  SELECT id, kind, subject, opened_at, 'opened', detail, opened_at FROM alerts;
+INSERT INTO alert_log (alert_id, kind, subject, at, action, detail, notified_at)
+  SELECT id, kind, subject, resolved_at, 'resolved', detail, resolved_at FROM alerts
+  WHERE resolved_at IS NOT NULL;
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, V1), (2, V2), (3, V3))
 LATEST = MIGRATIONS[-1][0]
 
 

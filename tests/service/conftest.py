@@ -123,11 +123,13 @@ def _router_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "router.cli"]
 
 
-def _env(sink_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEMO_", "ACME_"))}
+def _env(sink_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DEMO_", "ACME_", "ROUTER_ALERT_"))}
     env["ROUTER_ADMIN_TOKEN"] = ADMIN_TOKEN
     env["DEMO_SINK_URL"] = sink_url
     env["ROUTER_RETRY_BASE_SECONDS"] = "0.3"
+    env.update(extra or {})
     return env
 
 
@@ -146,17 +148,20 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None
 
 
 def start_service(config_dir: Path, db: Path, log: Path,
-                  extra_args: tuple[str, ...] = (), sink_url: str | None = None) -> Service:
-    """`router serve` on its own port; with its embedded sandbox unless `sink_url` names
-    a sandbox running apart (one that outlives this process, for crash tests)."""
-    port, sink_port = free_port(), free_port()
+                  extra_args: tuple[str, ...] = (), sink_url: str | None = None,
+                  extra_env: dict[str, str] | None = None,
+                  sink_port: int | None = None) -> Service:
+    """`router serve` on its own port; with its embedded sandbox (on `sink_port` if given)
+    unless `sink_url` names a sandbox running apart (one that outlives this process, for
+    crash tests)."""
+    port, sink_port = free_port(), sink_port or free_port()
     sink = sink_url or f"http://127.0.0.1:{sink_port}"
     sandbox = () if sink_url else ("--sandbox", "--sandbox-port", str(sink_port))
     handle = log.open("ab")
     process = subprocess.Popen(
         [*_router_cmd(), "serve", "--config-dir", str(config_dir), "--store",
          f"sqlite:///{db}", "--host", "127.0.0.1", "--port", str(port), *sandbox, *extra_args],
-        env=_env(sink), stdout=handle, stderr=subprocess.STDOUT)
+        env=_env(sink, extra_env), stdout=handle, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     _wait_healthy(url + "/healthz", process, log)
     return Service(url, process, log, sink, db)

@@ -442,6 +442,17 @@ query_values = st.text(max_size=12) | st.sampled_from(
     ["2026-11-20T00:00:00Z", "1763647387", "nan", "-1", "99999999999999999999999", "true"])
 
 
+def _query_names(template: str) -> list[str]:
+    """The query parameters docs/openapi.yaml documents for GET `template`."""
+    names = []
+    for param in OPENAPI["paths"][template]["get"].get("parameters", []):
+        if "$ref" in param:
+            param = OPENAPI["components"]["parameters"][param["$ref"].rsplit("/", 1)[-1]]
+        if param.get("in") == "query":
+            names.append(param["name"])
+    return names
+
+
 def test_fuzz_admin(service: Service) -> None:
     ledger = Ledger()
     session = requests.Session()
@@ -456,9 +467,11 @@ def test_fuzz_admin(service: Service) -> None:
             template = draw(st.sampled_from(ADMIN_GETS))
             path = template.replace("{event_id}", quote(draw(st.text(min_size=1, max_size=20) |
                                                              st.just(f"fz-{RUN}-1")), safe=""))
-            params = draw(st.dictionaries(st.sampled_from(
-                ["since", "limit", "name", "source", "account", "status", "destination",
-                 "open", "kind"]), query_values, max_size=4))
+            # mostly the filters this endpoint documents; now and then one it does not
+            # know (an unknown filter is a 400, never "everything")
+            names = _query_names(template) or ["limit"]
+            params = draw(st.dictionaries(st.sampled_from(names * 9 + ["bogus"]),
+                                          query_values, max_size=4))
             response = session.get(service.url + path, params=params, headers=headers,
                                    timeout=15)
             check_answer(ledger, template, "get", response)
@@ -477,7 +490,9 @@ def test_fuzz_admin(service: Service) -> None:
 
     one()
     assert ledger.requests == FUZZ_EXAMPLES
-    assert ledger.statuses.get(200, 0) > FUZZ_EXAMPLES // 4
+    # filters are strict (a malformed value is a 400): enough answers must still succeed
+    # for the success paths to have been exercised
+    assert ledger.statuses.get(200, 0) > FUZZ_EXAMPLES // 10
     ledger.report("admin")
 
 

@@ -52,7 +52,10 @@ def test_sequential_duplicates_coalesce_with_evidence(service: Service) -> None:
     assert [d["event_id"] for d in duplicates] == [f"{oid}-a", f"{oid}-b"]
     assert duplicates[1]["matched"] == [f"purchase:order_id={oid}"]
     assert stored["dedup"]["first_source"] == "segment"
-    assert service.admin(f"/admin/events/{oid}-b").status_code == 404  # never a second Event
+    # never a second Event: the duplicate's id leads to the one it merged into
+    via_duplicate = service.admin(f"/admin/events/{oid}-b").json()
+    assert (via_duplicate["seq"], via_duplicate["event_id"]) == (stored["seq"], f"{oid}-a")
+    assert via_duplicate["found_by"] == {"duplicate_event_id": f"{oid}-b"}
 
 
 def test_concurrent_duplicates_yield_exactly_one_event(service: Service) -> None:
